@@ -1,0 +1,3 @@
+from longtail.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""``longtail`` command line: each sub-command lives in its own module with ``add_parser`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from longtail.errors import LongtailError
+
+# Sub-command modules of longtail.cli; each defines add_parser(subparsers) and run(args) -> int.
+COMMANDS = ("datasets",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longtail", description="Long-tailed visual recognition.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"longtail.cli.{name}")
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except LongtailError as error:
+        print(f"longtail: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,9 @@
+"""Models by name: ``longtail.models.create(name, num_classes=..., **kw)``.
+
+Importing a model module registers its models; each module that defines models is listed here.
+"""
+
+from longtail.models.output import ModelOutput
+from longtail.models.registry import MODELS, create, list_models, register_model
+
+__all__ = ["MODELS", "ModelOutput", "create", "list_models", "register_model"]
