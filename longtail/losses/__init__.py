@@ -1,27 +1,74 @@
 """Losses by name: ``longtail.losses.create(name, class_counts=..., **kw)``.
 
 Baseline losses live in this package; each paper's loss lives in its method module
-(``longtail.methods.<paper>``) and registers into the same ``LOSSES`` registry.
+(``longtail.methods.<paper>``) and registers into the same ``LOSSES`` registry. Every loss is an
+``nn.Module`` with ``forward(output: ModelOutput, targets) -> Tensor`` and ``set_epoch(epoch)`` (0-based).
+
+Baseline names: ``ce``, ``focal``, ``class_balanced``, ``ldam``, ``balanced_softmax``, ``logit_adjustment``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from longtail.registry import Registry
+from longtail.errors import LongtailError, closest
+from longtail.losses.balanced_softmax import BalancedSoftmaxLoss, balanced_softmax_loss
+from longtail.losses.base import LongtailLoss, weighted_cross_entropy
+from longtail.losses.class_balanced import ClassBalancedLoss
+from longtail.losses.cross_entropy import CrossEntropyLoss
+from longtail.losses.focal import FocalLoss, focal_loss
+from longtail.losses.ldam import LDAMLoss, ldam_loss, ldam_margin_logits
+from longtail.losses.logit_adjustment import LogitAdjustmentLoss, logit_adjusted_loss, posthoc_logit_adjust
+from longtail.losses.registry import LOSSES, register_loss
+from longtail.losses.weights import effective_number_weights, ldam_margins, log_class_prior
 
-LOSSES = Registry("loss")
-register_loss = LOSSES.register
+
+def _check_options(name: str, factory: Any, options: dict[str, Any]) -> None:
+    parameters = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    valid = [p for p in parameters if p != "class_counts"]
+    for option in options:
+        if option not in parameters:
+            guess = closest(option, valid)
+            hint = f" Did you mean '{guess}'?" if guess else ""
+            raise LongtailError(
+                f"Unknown option '{option}' for loss '{name}'.{hint} Valid options: {', '.join(valid) or 'none'}."
+            )
 
 
 def create(name: str, class_counts: Sequence[int], **kwargs: Any) -> nn.Module:
     """Build loss ``name`` for a training set with ``class_counts`` images per class."""
     import longtail.methods  # noqa: F401  (registers the methods' losses)
 
-    return LOSSES.create(name, class_counts=class_counts, **kwargs)
+    factory = LOSSES.get(name)
+    _check_options(name, factory, kwargs)
+    return factory(class_counts=class_counts, **kwargs)
 
 
-__all__ = ["LOSSES", "create", "register_loss"]
+__all__ = [
+    "LOSSES",
+    "BalancedSoftmaxLoss",
+    "ClassBalancedLoss",
+    "CrossEntropyLoss",
+    "FocalLoss",
+    "LDAMLoss",
+    "LogitAdjustmentLoss",
+    "LongtailLoss",
+    "balanced_softmax_loss",
+    "create",
+    "effective_number_weights",
+    "focal_loss",
+    "ldam_loss",
+    "ldam_margin_logits",
+    "ldam_margins",
+    "log_class_prior",
+    "logit_adjusted_loss",
+    "posthoc_logit_adjust",
+    "register_loss",
+    "weighted_cross_entropy",
+]

@@ -1,4 +1,4 @@
-"""Per-class quantities shared by the long-tailed losses: class-balanced weights and LDAM margins."""
+"""Per-class quantities shared by the long-tailed losses: class-balanced weights, LDAM margins, class priors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,27 @@ from collections.abc import Sequence
 
 import torch
 
+from longtail.errors import LongtailError
+
 
 def _counts(counts: Sequence[int] | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(counts, dtype=dtype)
+
+
+def check_class_counts(counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """``counts`` as a float64 tensor; a LongtailError unless it is a non-empty 1-D list of positive numbers."""
+    n = torch.as_tensor(counts, dtype=torch.float64).cpu()
+    if n.dim() != 1 or n.numel() == 0:
+        raise LongtailError(
+            f"class_counts must be a non-empty list with one training count per class, got shape {tuple(n.shape)}."
+        )
+    if not bool((n > 0).all()):
+        empty = torch.nonzero(n <= 0).flatten().tolist()
+        raise LongtailError(
+            f"class_counts must be positive, but classes {empty[:10]} have no training images; "
+            "remove those classes from the dataset or give every class at least one image."
+        )
+    return n
 
 
 def effective_number_weights(
@@ -29,3 +47,9 @@ def ldam_margins(
     margins = n.pow(-0.25)
     margins = margins * (max_m / margins.max())
     return margins.to(dtype)
+
+
+def log_class_prior(counts: Sequence[int] | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """log pi_c with pi_c = n_c / sum_k n_k, the training label distribution."""
+    n = _counts(counts, torch.float64)
+    return (n / n.sum()).log().to(dtype)

@@ -1,1 +1,6 @@
 """One module per paper. Importing this package registers every method's losses and models."""
+
+from longtail.methods import deit_lt  # noqa: F401
+from longtail.methods import mdcs  # noqa: F401
+from longtail.methods import ride  # noqa: F401
+from longtail.methods import shike  # noqa: F401

@@ -3,6 +3,13 @@
 Importing a model module registers its models; each module that defines models is listed here.
 """
 
+from longtail.models import (  # noqa: F401  (registers models)
+    cifar_resnet,
+    metaformer,
+    ride_resnet,
+    shike,
+    torchvision_resnet,
+)
 from longtail.models.output import ModelOutput
 from longtail.models.registry import MODELS, create, list_models, register_model
 

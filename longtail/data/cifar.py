@@ -1,0 +1,97 @@
+"""CIFAR-10-LT and CIFAR-100-LT (Cao et al., LDAM-DRW, 2019) from the official pickles or an ImageFolder copy.
+
+Under the data root, the first of these is used:
+
+1. the official python version: ``cifar-10-batches-py/`` or ``cifar-100-python/`` (also accepted as the
+   root itself); downloaded there by torchvision when ``download=True``;
+2. an ImageFolder tree ``cifar10-jpeg/`` or ``cifar100-jpeg/`` (``train/<class>/*``, ``test/<class>/*``),
+   e.g. ``../shared/data/cifar10-jpeg``; labels follow the CIFAR class order. Decoded once and cached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longtail.data.datasets import DatasetSplits, existing_root, long_tailed_splits, register_dataset
+from longtail.data.memory import ArrayStore, DecodedFileStore, InMemoryImages
+from longtail.data.sources import CIFAR10_FORMAT, CIFAR100_FORMAT, CifarFormat, read_cifar, scan_image_folder
+from longtail.errors import LongtailError
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # as in the LDAM-DRW / RIDE code
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+IMAGE_SIZE = 32
+
+
+def _pickle_folder(root: Path, fmt: CifarFormat) -> Path | None:
+    for folder in (root / fmt.folder, root):
+        if (folder / fmt.meta_file).is_file():
+            return folder
+    return None
+
+
+def _jpeg_folder(root: Path, names: tuple[str, ...]) -> Path | None:
+    for folder in [root / name for name in names] + [root]:
+        if (folder / "train").is_dir() and (folder / "test").is_dir():
+            return folder
+    return None
+
+
+def _download(root: Path, num_classes: int) -> None:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    dataset = CIFAR10 if num_classes == 10 else CIFAR100
+    try:
+        for train in (True, False):
+            dataset(str(root), train=train, download=True)
+    except (OSError, RuntimeError) as error:
+        message = f"Downloading CIFAR-{num_classes} into '{root}' failed ({error}); are you online?"
+        raise LongtailError(message) from None
+
+
+def _pools(root: Path, num_classes: int, fmt: CifarFormat, jpeg_names: tuple[str, ...], stats, download: bool):
+    """(train pool, test set) over the source's full splits."""
+    folder = _pickle_folder(root, fmt)
+    if folder is None and download:
+        root.mkdir(parents=True, exist_ok=True)
+        _download(root, num_classes)
+        folder = _pickle_folder(root, fmt)
+    if folder is not None:
+        (train_x, train_y), (test_x, test_y), names = read_cifar(folder, fmt)
+        return (
+            InMemoryImages(ArrayStore(train_x), np.arange(len(train_y)), train_y, names, *stats, IMAGE_SIZE),
+            InMemoryImages(ArrayStore(test_x), np.arange(len(test_y)), test_y, names, *stats, IMAGE_SIZE),
+        )
+    tree = _jpeg_folder(existing_root(root), jpeg_names)
+    if tree is None:
+        raise LongtailError(
+            f"CIFAR-{num_classes} not found under '{root}': expected the official python version in "
+            f"'{root / fmt.folder}' or an ImageFolder tree '{root / jpeg_names[0]}/{{train,test}}/<class>/'. "
+            "Pass download=True (--download) to fetch it, or root=<folder> (--root)."
+        )
+    order = CIFAR10_CLASSES if num_classes == 10 else None
+    pools = []
+    for split in ("train", "test"):
+        files, names = scan_image_folder(tree / split, order)
+        if len(names) != num_classes:
+            raise LongtailError(
+                f"'{tree / split}' has {len(names)} class folders; CIFAR-{num_classes} has {num_classes}."
+            )
+        store = DecodedFileStore(tree / split, files.relative_paths, IMAGE_SIZE)
+        pools.append(InMemoryImages(store, np.arange(len(files.targets)), files.targets, names, *stats, IMAGE_SIZE))
+    return tuple(pools)
+
+
+@register_dataset("cifar10-lt")
+def cifar10_lt(root: Path, download: bool = False, **common: Any) -> DatasetSplits:
+    train, test = _pools(root, 10, CIFAR10_FORMAT, ("cifar10-jpeg", "cifar10"), CIFAR10_STATS, download)
+    return long_tailed_splits("cifar10-lt", train, test, **common)
+
+
+@register_dataset("cifar100-lt")
+def cifar100_lt(root: Path, download: bool = False, **common: Any) -> DatasetSplits:
+    train, test = _pools(root, 100, CIFAR100_FORMAT, ("cifar100-jpeg", "cifar100"), CIFAR100_STATS, download)
+    return long_tailed_splits("cifar100-lt", train, test, **common)

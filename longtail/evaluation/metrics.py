@@ -1,0 +1,186 @@
+"""Classification metrics for long-tailed recognition, computed in one vectorised pass over the logits.
+
+``evaluate`` returns (accuracies are fractions in [0, 1]):
+
+- ``top1``, ``top5`` (None when C < 5), ``balanced_accuracy`` (mean per-class accuracy);
+- ``per_class`` (C,) accuracy of each class, NaN for a class without test samples;
+- ``many`` / ``medium`` / ``few``: mean per-class accuracy of the classes with more than ``many``, ``few`` to
+  ``many``, fewer than ``few`` training images (``longtail.data.shots.shot_groups``); None for an empty group;
+- ``macro_f1`` (scikit-learn, over the classes that occur in the targets or the predictions);
+- ``ece``: expected calibration error of the top-1 confidence with 15 equal-width bins (Guo et al., ICML
+  2017): sum_b |B_b| / N * |acc(B_b) - conf(B_b)|, bin b = (b/15, (b+1)/15];
+- ``nll``: mean negative log-likelihood (natural log);
+- ``confusion`` (C, C) int64, rows = true class, columns = predicted class.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+
+from longtail.data.shots import FEW_SHOT, MANY_SHOT, shot_groups
+from longtail.errors import LongtailError
+
+if TYPE_CHECKING:
+    from longtail.models.output import ModelOutput
+
+ECE_BINS = 15
+SHOTS = ("many", "medium", "few")
+ArrayLike = torch.Tensor | np.ndarray | Sequence
+
+
+def _as_logits(logits: ArrayLike) -> torch.Tensor:
+    logits = torch.as_tensor(logits).detach()
+    if not logits.is_floating_point():
+        raise LongtailError(f"logits must be floating point, got {logits.dtype}.")
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _check_inputs(logits: torch.Tensor, targets: torch.Tensor, num_train_classes: int) -> None:
+    if logits.dim() != 2 or targets.dim() != 1 or logits.shape[0] != targets.shape[0] or logits.shape[0] == 0:
+        raise LongtailError(
+            f"evaluate needs logits (N, C) and targets (N,) with N > 0, got {tuple(logits.shape)} and "
+            f"{tuple(targets.shape)}."
+        )
+    num_classes = logits.shape[1]
+    if num_train_classes != num_classes:
+        raise LongtailError(
+            f"train_counts has {num_train_classes} classes but the logits have {num_classes}; pass the training "
+            "set's per-class counts of the same dataset."
+        )
+    if int(targets.min()) < 0 or int(targets.max()) >= num_classes:
+        raise LongtailError(
+            f"targets must be class indices in [0, {num_classes}), got {int(targets.min())}..{int(targets.max())}."
+        )
+
+
+def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
+    """Fraction of samples whose target is among the k highest logits."""
+    topk = logits.topk(k, dim=1).indices
+    return (topk == targets[:, None]).any(dim=1).double().mean().item()
+
+
+def per_class_accuracy(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Accuracy of each class (C,), NaN for classes without samples."""
+    support = torch.bincount(targets, minlength=num_classes).double()
+    hits = torch.bincount(targets[predictions == targets], minlength=num_classes).double()
+    return (hits / support).cpu().numpy()
+
+
+def shot_accuracies(
+    per_class: np.ndarray, train_counts: Sequence[int], many: float = MANY_SHOT, few: float = FEW_SHOT
+) -> dict[str, float | None]:
+    """Mean per-class accuracy of the many/medium/few-shot classes; None where a group has no tested class."""
+    result: dict[str, float | None] = {}
+    for name, classes in shot_groups(train_counts, many, few).items():
+        tested = per_class[classes][~np.isnan(per_class[classes])]
+        result[name] = float(tested.mean()) if tested.size else None
+    return result
+
+
+def expected_calibration_error(probabilities: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """ECE of the top-1 confidence with ``bins`` equal-width bins (lower edge excluded, upper edge included)."""
+    confidence, predictions = probabilities.max(dim=1)
+    inner_edges = torch.linspace(0, 1, bins + 1, dtype=confidence.dtype, device=confidence.device)[1:-1]
+    bin_index = torch.bucketize(confidence, inner_edges)
+    correct = (predictions == targets).to(confidence.dtype)
+    # A matrix product instead of bincount(weights=...), which has no deterministic CUDA kernel.
+    gap_sums = (correct - confidence) @ F.one_hot(bin_index, bins).to(confidence.dtype)
+    return (gap_sums.abs().sum() / confidence.numel()).item()
+
+
+def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> np.ndarray:
+    """(C, C) counts, rows = true class, columns = predicted class."""
+    flat = torch.bincount(targets * num_classes + predictions, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes).cpu().numpy()
+
+
+def evaluate(
+    logits: ArrayLike,
+    targets: ArrayLike,
+    train_counts: Sequence[int],
+    many: float = MANY_SHOT,
+    few: float = FEW_SHOT,
+) -> dict[str, Any]:
+    """All metrics of ``logits`` (N, C) against ``targets`` (N,); see the module docstring for the keys."""
+    logits = _as_logits(logits)
+    targets = torch.as_tensor(targets, device=logits.device).long()
+    train_counts = [int(n) for n in train_counts]
+    _check_inputs(logits, targets, len(train_counts))
+    num_classes = logits.shape[1]
+    predictions = logits.argmax(dim=1)
+    per_class = per_class_accuracy(predictions, targets, num_classes)
+    shots = shot_accuracies(per_class, train_counts, many, few)
+    groups = shot_groups(train_counts, many, few)
+    targets_np, predictions_np = targets.cpu().numpy(), predictions.cpu().numpy()
+    return {
+        "num_samples": int(targets.numel()),
+        "num_classes": num_classes,
+        "top1": (predictions == targets).double().mean().item(),
+        "top5": topk_accuracy(logits, targets, 5) if num_classes >= 5 else None,
+        "balanced_accuracy": float(np.nanmean(per_class)),
+        **shots,
+        "shot_sizes": {name: int(groups[name].size) for name in SHOTS},
+        "thresholds": {"many": many, "few": few},
+        "macro_f1": float(f1_score(targets_np, predictions_np, average="macro", zero_division=0)),
+        "ece": expected_calibration_error(logits.softmax(dim=1), targets),
+        "nll": F.cross_entropy(logits, targets).item(),
+        "per_class": per_class,
+        "train_counts": train_counts,
+        "confusion": confusion_matrix(predictions, targets, num_classes),
+    }
+
+
+def evaluate_heads(
+    heads: Mapping[str, ArrayLike],
+    targets: ArrayLike,
+    train_counts: Sequence[int],
+    many: float = MANY_SHOT,
+    few: float = FEW_SHOT,
+) -> dict[str, dict[str, Any]]:
+    """``evaluate`` for each head's logits, e.g. ``{'main': ..., 'cls': ..., 'dist': ..., 'expert_0': ...}``."""
+    return {name: evaluate(logits, targets, train_counts, many, few) for name, logits in heads.items()}
+
+
+def output_heads(output: ModelOutput) -> dict[str, torch.Tensor]:
+    """Every prediction a ModelOutput carries: ``main`` (``output.logits``), ``expert_<k>`` for each expert, and
+    ``<name>`` for each (B, C) entry ``<name>_logits`` of ``output.aux`` (DeiT's ``cls`` and ``dist``)."""
+    heads = {"main": output.logits}
+    if output.expert_logits is not None:
+        heads.update({f"expert_{k}": logits for k, logits in enumerate(output.expert_logits)})
+    for key, value in output.aux.items():
+        if key.endswith("_logits") and value.shape == output.logits.shape:
+            heads[key.removesuffix("_logits")] = value
+    return heads
+
+
+class LogitCollector:
+    """Gathers every head's logits and the targets over an evaluation pass (kept on the model's device)."""
+
+    def __init__(self) -> None:
+        self._logits: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._targets: list[torch.Tensor] = []
+
+    def add(self, output: ModelOutput, targets: torch.Tensor) -> None:
+        for name, logits in output_heads(output).items():
+            self._logits[name].append(logits.detach().float())
+        self._targets.append(targets.detach())
+
+    def heads(self) -> dict[str, torch.Tensor]:
+        return {name: torch.cat(chunks) for name, chunks in self._logits.items()}
+
+    def targets(self) -> torch.Tensor:
+        return torch.cat(self._targets)
+
+    def evaluate(
+        self, train_counts: Sequence[int], many: float = MANY_SHOT, few: float = FEW_SHOT
+    ) -> dict[str, dict[str, Any]]:
+        if not self._targets:
+            raise LongtailError("No predictions were collected: the evaluation set is empty.")
+        return evaluate_heads(self.heads(), self.targets(), train_counts, many, few)

@@ -1,0 +1,8 @@
+"""The loss registry, in its own module so that loss modules can register without importing the package."""
+
+from __future__ import annotations
+
+from longtail.registry import Registry
+
+LOSSES = Registry("loss")
+register_loss = LOSSES.register

@@ -1,0 +1,218 @@
+"""SHIKE: Self-Heterogeneous Integration with Knowledge Excavation (the losses of both stages).
+
+Paper: Yan Jin, Mengke Li, Yang Lu, Yiu-ming Cheung, Hanzi Wang, "Long-Tailed Visual Recognition via
+Self-Heterogeneous Integration with Knowledge Excavation", CVPR 2023. Official code: jinyan-06/SHIKE
+(``cifarTrain.py``: ``mix_outputs``; ``utils.py``: ``soft_entropy``).
+
+Symbols (as in the code below): ``z_k`` = ``expert_logits[k]`` (B, C) (cosine logits, scale 30); ``Y`` (B, C)
+= target distribution (one-hot of the integer targets, or soft targets as given); ``y`` = the target class
+(argmax of ``Y``); ``n_c`` = ``class_counts``; ``D`` = the KL divisor (``B`` for ``kl_reduction='batchmean'``,
+``B·C`` for ``'official'``); ``KL_D(p ‖ q) = (1/D) Σ_{b,c} p (log p − log q)``.
+
+Stage 1 (Dynamic Knowledge Transfer)::
+
+    z̄ = mean_k z_k,   M = max_k z_k                          (element-wise over experts)
+    h = argmax_{c ≠ y} z̄_c                                   (hardest negative of the ensemble)
+    r_c = z̄_h at c = h,   M_c at the other non-targets        (the transfer target)
+    p̃_k = softmax of z_k over the non-target classes
+    CE_k  = mean_b ( −Σ_c Y log softmax(z_k) )
+    HNS_k = KL_D( softmax(r) ‖ p̃_k )                          (hardest negative suppression)
+    MD_kj = KL_D( softmax(z_j) ‖ softmax(z_k) ),  j ≠ k       (mutual distillation)
+    L_1 = Σ_k [ CE_k + hns_weight · HNS_k + mutual_weight · Σ_{j≠k} MD_kj ],   hns_weight = 10, mutual_weight = 1
+
+Nothing is detached: gradients also flow through softmax(r) and through the mutual-distillation targets.
+
+Stage 2 (``balanced=True``, the last 20 epochs: fresh heads on a frozen backbone; the model supplies the new
+heads' logits as ``expert_logits``)::
+
+    L_2 = Σ_k mean_b ( −Σ_c Y log softmax(z_k + log n) )      (Balanced Softmax)
+
+Where the official code differs from the paper, and what this module does:
+
+* Its ``F.kl_div`` calls use the default ``reduction='mean'``, dividing by ``B·C`` instead of ``B``, which
+  makes HNS and MD about C times weaker. Default ``kl_reduction='batchmean'`` (per-sample KL averaged over the
+  batch); ``kl_reduction='official'`` divides by ``B·C``.
+* It does not exclude the target class from the transfer target: it builds the non-target distributions
+  with a logit of −30 at the target for ``p̃_k`` but 0 for ``r`` (so softmax(r) keeps mass on the target), and
+  with soft targets it masks by ``Y`` itself (``z ⊙ (1 − Y) − 30·Y``). Default ``dkt_target='paper'`` uses
+  true softmaxes over the non-target classes ``c ≠ y``; ``dkt_target='official'`` is the official formula.
+
+Model output: ``expert_logits`` (K, B, C); targets (B,) int64 (one-hot internally) or (B, C) soft targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from longtail.errors import LongtailError
+from longtail.losses.base import LongtailLoss
+from longtail.losses.registry import register_loss
+from longtail.methods.ride import require_expert_logits
+from longtail.models.output import ModelOutput
+
+KLReduction = Literal["batchmean", "official"]
+DKTTarget = Literal["paper", "official"]
+
+# The official code's stand-in for "no logit": the lowest value of a cosine classifier with scale 30.
+OFFICIAL_MASK_LOGIT = -30.0
+
+
+@dataclass(frozen=True)
+class ShikeStage1Terms:
+    """The stage-1 loss and its parts: ``expert_ce`` (K,), ``hns_kl`` (K,) before ``hns_weight``, and
+    ``mutual_kl`` (K, K) with ``mutual_kl[k, j] = MD_kj`` (zero diagonal) before ``mutual_weight``."""
+
+    loss: Tensor
+    expert_ce: Tensor
+    hns_kl: Tensor
+    mutual_kl: Tensor
+
+
+def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
+    """``mean_b(−Σ_c Y log softmax(z))`` over the batch axis (−2); logits may carry leading expert axes."""
+    return -(target_probs * F.log_softmax(logits, dim=-1)).sum(-1).mean(-1)
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise LongtailError(f"SHIKE {option} must be one of {', '.join(choices)}; got '{value}'.")
+
+
+def _kl_divisor(batch: int, num_classes: int, kl_reduction: KLReduction) -> int:
+    _check_choice("kl_reduction", kl_reduction, ("batchmean", "official"))
+    return batch * num_classes if kl_reduction == "official" else batch
+
+
+def _official_hns_sums(expert_logits: Tensor, target_probs: Tensor) -> Tensor:
+    non_target = 1.0 - target_probs
+    mean_logits = expert_logits.mean(0)
+    max_logits = expert_logits.amax(0)
+    ranked = OFFICIAL_MASK_LOGIT * target_probs + mean_logits * non_target
+    hardest = F.one_hot(ranked.argmax(-1), ranked.shape[-1]).to(ranked.dtype)
+    transfer_logits = max_logits * (1.0 - hardest) * non_target + ranked * hardest
+    transfer_probs = F.softmax(transfer_logits, dim=-1)
+    expert_non_target = F.log_softmax(expert_logits * non_target + OFFICIAL_MASK_LOGIT * target_probs, dim=-1)
+    return F.kl_div(expert_non_target, transfer_probs.expand_as(expert_non_target), reduction="none").sum((1, 2))
+
+
+def _non_target_log_softmax(logits: Tensor, target_mask: Tensor) -> Tensor:
+    """Log-softmax over the non-target classes; 0 (not −inf) at the target so products stay finite."""
+    log_probs = F.log_softmax(logits.masked_fill(target_mask, float("-inf")), dim=-1)
+    return log_probs.masked_fill(target_mask, 0.0)
+
+
+def _paper_hns_sums(expert_logits: Tensor, target_probs: Tensor) -> Tensor:
+    target_mask = F.one_hot(target_probs.argmax(-1), target_probs.shape[-1]).bool()
+    mean_logits = expert_logits.mean(0)
+    hardest = mean_logits.masked_fill(target_mask, float("-inf")).argmax(-1)
+    is_hardest = F.one_hot(hardest, mean_logits.shape[-1]).bool()
+    transfer_logits = torch.where(is_hardest, mean_logits, expert_logits.amax(0))
+    transfer_log_probs = _non_target_log_softmax(transfer_logits, target_mask)
+    transfer_probs = transfer_log_probs.exp().masked_fill(target_mask, 0.0)
+    expert_log_probs = _non_target_log_softmax(expert_logits, target_mask)
+    return (transfer_probs * (transfer_log_probs - expert_log_probs)).sum((1, 2))
+
+
+def _mutual_kl_sums(expert_logits: Tensor) -> Tensor:
+    """``S[k, j] = Σ_{b,c} p_j (log p_j − log p_k)`` for all expert pairs, (K, K), zero diagonal."""
+    log_probs = F.log_softmax(expert_logits, dim=-1)
+    probs = log_probs.exp()
+    neg_entropy = (probs * log_probs).sum((1, 2))
+    cross = torch.einsum("jbc,kbc->kj", probs, log_probs)
+    sums = neg_entropy.unsqueeze(0) - cross
+    off_diagonal = ~torch.eye(len(sums), dtype=torch.bool, device=sums.device)
+    return sums * off_diagonal
+
+
+def shike_stage1_terms(
+    expert_logits: Tensor,
+    target_probs: Tensor,
+    hns_weight: float = 10.0,
+    mutual_weight: float = 1.0,
+    kl_reduction: KLReduction = "batchmean",
+    dkt_target: DKTTarget = "paper",
+) -> ShikeStage1Terms:
+    """SHIKE stage-1 loss of ``expert_logits`` (K, B, C) against target distributions (B, C)."""
+    _, batch, num_classes = expert_logits.shape
+    divisor = _kl_divisor(batch, num_classes, kl_reduction)
+    _check_choice("dkt_target", dkt_target, ("paper", "official"))
+    hns_terms = _paper_hns_sums if dkt_target == "paper" else _official_hns_sums
+    hns_sums = hns_terms(expert_logits, target_probs)
+    expert_ce = soft_cross_entropy(expert_logits, target_probs)
+    hns_kl = hns_sums / divisor
+    mutual_kl = _mutual_kl_sums(expert_logits) / divisor
+    loss = expert_ce.sum() + hns_weight * hns_kl.sum() + mutual_weight * mutual_kl.sum()
+    return ShikeStage1Terms(loss=loss, expert_ce=expert_ce, hns_kl=hns_kl, mutual_kl=mutual_kl)
+
+
+def shike_stage2_expert_ce(expert_logits: Tensor, target_probs: Tensor, log_counts: Tensor) -> Tensor:
+    """Per-expert Balanced-Softmax CE (K,): soft CE of ``z_k + log n``; the stage-2 loss is their sum."""
+    return soft_cross_entropy(expert_logits + log_counts, target_probs)
+
+
+def target_distribution(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """(B, C) targets: one-hot of integer (B,) targets, or soft (B, C) targets as given."""
+    if targets.dim() == 1 and not targets.is_floating_point():
+        return F.one_hot(targets, num_classes).to(dtype)
+    if targets.dim() == 2 and targets.shape[1] == num_classes:
+        return targets.to(dtype)
+    raise LongtailError(
+        f"SHIKE targets must be (B,) class indices or (B, {num_classes}) soft targets, got {tuple(targets.shape)}."
+    )
+
+
+@register_loss("shike")
+class SHIKELoss(LongtailLoss):
+    """SHIKE's stage-1 loss (CE + hardest negative suppression + mutual distillation), or the stage-2
+    Balanced-Softmax loss once ``balanced`` is on (set it, or give ``balanced_from_epoch``)."""
+
+    def __init__(
+        self,
+        class_counts: Sequence[int],
+        hns_weight: float = 10.0,
+        mutual_weight: float = 1.0,
+        kl_reduction: KLReduction = "batchmean",
+        dkt_target: DKTTarget = "paper",
+        balanced: bool = False,
+        balanced_from_epoch: int | None = None,
+    ) -> None:
+        super().__init__(class_counts)
+        _check_choice("kl_reduction", kl_reduction, ("batchmean", "official"))
+        _check_choice("dkt_target", dkt_target, ("paper", "official"))
+        self.hns_weight = hns_weight
+        self.mutual_weight = mutual_weight
+        self.kl_reduction = kl_reduction
+        self.dkt_target = dkt_target
+        self.balanced = balanced
+        self.balanced_from_epoch = balanced_from_epoch
+        self.register_buffer("log_counts", self.class_counts.log(), persistent=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        """0-based ``epoch``; switches to the stage-2 loss from ``balanced_from_epoch`` (SHIKE: 180)."""
+        super().set_epoch(epoch)
+        if self.balanced_from_epoch is not None:
+            self.balanced = epoch >= self.balanced_from_epoch
+
+    def forward(self, output: ModelOutput, targets: Tensor) -> Tensor:
+        expert_logits = require_expert_logits(output, "shike")
+        target_probs = target_distribution(targets, expert_logits.shape[-1], expert_logits.dtype)
+        if self.balanced:
+            log_counts = self.log_counts.to(expert_logits)
+            expert_ce = shike_stage2_expert_ce(expert_logits, target_probs, log_counts)
+            self.parts = {"balanced_ce": expert_ce.sum().detach()}
+            return expert_ce.sum()
+        terms = shike_stage1_terms(
+            expert_logits, target_probs, self.hns_weight, self.mutual_weight, self.kl_reduction, self.dkt_target
+        )
+        self.parts = {
+            "ce": terms.expert_ce.sum().detach(),
+            "hardest_negative": (self.hns_weight * terms.hns_kl.sum()).detach(),
+            "mutual_distillation": (self.mutual_weight * terms.mutual_kl.sum()).detach(),
+        }
+        return terms.loss

@@ -1,0 +1,157 @@
+"""Generic multi-expert network: a shared trunk followed by K expert branches, each with its own head.
+
+For an input x: s = trunk(x); for expert k: f_k = GAP(branch_k(s)) (pooled feature, (B, D)),
+z_k = head_k(f_k) (logits, (B, C)). The prediction is the mean of the experts, z̄ = (1/K) Σ_k z_k, and the
+feature is (1/K) Σ_k f_k; ``ModelOutput.expert_logits`` / ``expert_features`` stack z_k / f_k as (K, B, ·).
+The trunk output may be anything the branches accept (a tensor for RIDE, a pair of feature maps for SHIKE).
+
+``forward(x, num_experts=k)`` evaluates only the first k experts (RIDE's expert-assignment router);
+``forward_trunk`` / ``forward_expert`` evaluate the parts one at a time (routed inference on subsets).
+
+Per-expert logit adjustment (MDCS's Diversity Loss, usable by any method): ẑ_k = z_k + λ_k · log n, with n the
+training class counts and λ = ``logit_adjust_exponents`` (one per expert). It is applied where a loss asks
+(``model.adjusted_expert_logits(z, n)`` or ``adjust_expert_logits``); ``forward`` always returns the raw z_k,
+so the test-time prediction stays the mean of the raw logits.
+
+Optional second head set (``retrain_heads``; SHIKE's stage-2 balanced re-training): after
+``select_heads('retrain')`` the forward pass, ``head_modules()`` and ``replace_heads`` use those heads instead
+of ``heads``. The selection is not part of the state dict: a training stage sets it each time it starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from longtail.errors import LongtailError
+from longtail.models.base import Network
+from longtail.models.output import ModelOutput
+
+HEAD_SETS = ("main", "retrain")
+
+
+def adjust_expert_logits(
+    expert_logits: torch.Tensor, class_counts: Sequence[float] | torch.Tensor, exponents: Sequence[float]
+) -> torch.Tensor:
+    """ẑ_k = z_k + λ_k · log n for expert_logits (K, B, C), class_counts n (C,), exponents λ (K,)."""
+    num_experts = expert_logits.shape[0]
+    if len(exponents) != num_experts:
+        raise LongtailError(
+            f"{len(exponents)} logit-adjustment exponents for {num_experts} experts; give one per expert."
+        )
+    counts = torch.as_tensor(class_counts)
+    if counts.shape != expert_logits.shape[-1:]:
+        raise LongtailError(
+            f"class_counts has shape {tuple(counts.shape)}, the logits have {expert_logits.shape[-1]} classes."
+        )
+    # Checked only for host counts: a check on device counts would synchronise every training step.
+    if counts.device.type == "cpu" and bool((counts <= 0).any()):
+        raise LongtailError("Logit adjustment needs every class count > 0 (log n); a class has no training image.")
+    counts = counts.to(device=expert_logits.device, dtype=expert_logits.dtype)
+    lambdas = torch.as_tensor(exponents, dtype=expert_logits.dtype, device=expert_logits.device)
+    return expert_logits + lambdas.view(-1, 1, 1) * counts.log()
+
+
+class MultiExpertNetwork(Network):
+    """``trunk`` shared by ``len(branches)`` experts; expert k = ``branches[k]`` + global average pool +
+    ``heads[k]``."""
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        branches: Sequence[nn.Module],
+        heads: Sequence[nn.Module],
+        retrain_heads: Sequence[nn.Module] | None = None,
+        logit_adjust_exponents: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if len(branches) < 1 or len(heads) != len(branches):
+            raise LongtailError(
+                f"Need at least one expert and one head per expert, got {len(branches)} and {len(heads)}."
+            )
+        if retrain_heads is not None and len(retrain_heads) != len(branches):
+            raise LongtailError(f"Need one re-training head per expert, got {len(retrain_heads)}.")
+        if logit_adjust_exponents is not None and len(logit_adjust_exponents) != len(branches):
+            raise LongtailError(
+                f"logit_adjust_exponents has {len(logit_adjust_exponents)} values for {len(branches)} experts; "
+                "give one per expert (MDCS: [-0.5, 1, 2.5])."
+            )
+        self.trunk = trunk
+        self.experts = nn.ModuleList(branches)
+        self.heads = nn.ModuleList(heads)
+        self.retrain_heads = nn.ModuleList(retrain_heads) if retrain_heads is not None else None
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.logit_adjust_exponents = (
+            None if logit_adjust_exponents is None else tuple(float(value) for value in logit_adjust_exponents)
+        )
+        self.head_set = "main"
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    def select_heads(self, head_set: str) -> None:
+        """Use the 'main' heads or the 'retrain' heads from now on."""
+        if head_set not in HEAD_SETS:
+            raise LongtailError(f"Head set must be one of {', '.join(HEAD_SETS)}, got {head_set!r}.")
+        if head_set == "retrain" and self.retrain_heads is None:
+            raise LongtailError("This model was built without re-training heads (build it with retrain_heads=True).")
+        self.head_set = head_set
+
+    def active_heads(self) -> nn.ModuleList:
+        return self.retrain_heads if self.head_set == "retrain" else self.heads
+
+    def head_modules(self) -> list[nn.Module]:
+        return list(self.active_heads())
+
+    def replace_heads(self, fn: Callable[[nn.Module], nn.Module]) -> None:
+        heads = self.active_heads()
+        for index, head in enumerate(heads):
+            heads[index] = fn(head)
+
+    def forward_trunk(self, images: torch.Tensor) -> Any:
+        return self.trunk(images)
+
+    def forward_expert(self, shared: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, C), pooled features (B, D)) of expert ``index`` from the trunk output."""
+        features = self.pool(self.experts[index](shared))
+        return self.active_heads()[index](features), features
+
+    def forward(self, images: torch.Tensor, num_experts: int | None = None) -> ModelOutput:
+        used = self._check_num_experts(num_experts)
+        shared = self.forward_trunk(images)
+        logits, features = zip(*(self.forward_expert(shared, index) for index in range(used)))
+        expert_logits = torch.stack(logits)
+        expert_features = torch.stack(features)
+        return ModelOutput(
+            logits=expert_logits.mean(dim=0),
+            features=expert_features.mean(dim=0),
+            expert_logits=expert_logits,
+            expert_features=expert_features,
+        )
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        shared = self.forward_trunk(images)
+        return torch.stack([self.pool(branch(shared)) for branch in self.experts]).mean(dim=0)
+
+    def adjusted_expert_logits(
+        self, expert_logits: torch.Tensor, class_counts: Sequence[float] | torch.Tensor
+    ) -> torch.Tensor:
+        """ẑ_k = z_k + λ_k · log n with this model's ``logit_adjust_exponents`` (the first K' when only the
+        first K' experts were evaluated)."""
+        if self.logit_adjust_exponents is None:
+            raise LongtailError(
+                "Model built without logit_adjust_exponents; pass e.g. logit_adjust_exponents=[-0.5, 1, 2.5]."
+            )
+        exponents = self.logit_adjust_exponents[: expert_logits.shape[0]]
+        return adjust_expert_logits(expert_logits, class_counts, exponents)
+
+    def _check_num_experts(self, num_experts: int | None) -> int:
+        if num_experts is None:
+            return self.num_experts
+        if not 1 <= num_experts <= self.num_experts:
+            raise LongtailError(f"num_experts must be between 1 and {self.num_experts}, got {num_experts}.")
+        return num_experts

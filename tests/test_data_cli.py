@@ -1,0 +1,41 @@
+"""``longtail datasets`` and ``longtail datasets describe``."""
+
+from __future__ import annotations
+
+import pytest
+
+from longtail.cli.main import main
+
+
+def test_lists_dataset_names(capsys):
+    assert main(["datasets"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["cifar10-lt", "cifar100-lt", "digits-lt", "imagefolder-lt", "imagenet-lt", "inat2018", "places-lt"]
+
+
+@pytest.mark.shared
+def test_describe_cifar10_lt(shared_data, capsys):
+    assert main(["datasets", "describe", "cifar10-lt", "--imbalance", "100", "--root", str(shared_data)]) == 0
+    out = capsys.readouterr().out
+    assert "    9  truck            50  medium" in out
+    assert "many 8, medium 2, few 0" in out
+    assert "total: train 12,406  val 0  test 10,000" in out
+
+
+def test_describe_digits_with_profile(capsys):
+    argv = ["datasets", "describe", "digits-lt", "--imbalance", "10", "--profile", "step", "--val-per-class", "5"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "shot groups (many > 24.8, medium 4.96..24.8, few < 4.96)" in out
+    assert "val 50" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["datasets", "describe", "digits-lt", "--imbalance", "0.5"], "Imbalance factor must be >= 1"),
+    (["datasets", "describe", "digit-lt"], "Did you mean 'digits-lt'"),
+    (["datasets", "describe", "cifar10-lt", "--root", "/nonexistent/data"], "Data root '/nonexistent/data' does not"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
