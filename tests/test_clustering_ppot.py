@@ -1,0 +1,217 @@
+"""P²OT solver: golden parity with the official code, the mass constraint, agreement with POT, stability."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from longtail.clustering.ppot import (
+    P2OTSolver,
+    ScalingState,
+    cost_from_logits,
+    p2ot_plan,
+    partial_transport,
+    sinkhorn_plan,
+)
+from longtail.errors import LongtailError
+
+FIXTURES = ["ppot_N256_K10", "ppot_N512_K20"]
+RHOS = [0.1, 0.5, 1.0]
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These problems are small: one thread is fastest and immune to a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+@pytest.fixture(scope="module")
+def manifest(golden):
+    return json.loads((golden / "manifest.json").read_text())
+
+
+def _cost(data: dict, key: str = "logits") -> torch.Tensor:
+    return cost_from_logits(torch.from_numpy(data[key]))
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("stem", FIXTURES)
+@pytest.mark.parametrize("rho", RHOS)
+def test_plan_b_and_iterations_match_official_float64(stem, rho, load_golden, manifest):
+    data, case = load_golden(stem), manifest[stem]["cases"][f"rho{rho}"]
+    result = partial_transport(_cost(data), rho)
+    plan = result.plan.numpy()
+    np.testing.assert_allclose(plan, data[f"Q_rho{rho}_f64"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(plan.sum(1), data[f"Q_rho{rho}_rowsum_f64"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(plan.sum(0), data[f"Q_rho{rho}_colsum_f64"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.state.b.numpy(), data[f"b_rho{rho}_f64"], rtol=1e-10, atol=1e-12)
+    assert result.iterations == case["iterations_f64"]
+    assert result.error == pytest.approx(case.get("final_err_f64", result.error), rel=1e-6)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("stem", FIXTURES)
+@pytest.mark.parametrize("rho", RHOS)
+def test_official_float32_marginals_reproduce_official_plans(stem, rho, load_golden, manifest):
+    data, case = load_golden(stem), manifest[stem]["cases"][f"rho{rho}"]
+    result = partial_transport(_cost(data), rho, marginals="official_f32")
+    np.testing.assert_allclose(result.plan.float().numpy(), data[f"Q_rho{rho}"], rtol=0, atol=1e-7)
+    assert result.iterations == case["iterations_asis"]
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("stem", FIXTURES)
+def test_balanced_variant_matches_official(stem, load_golden, manifest):
+    data, case = load_golden(stem), manifest[stem]["cases"]["pot_rho0.5"]
+    exact = partial_transport(_cost(data), 0.5, semi_relaxed=False)
+    np.testing.assert_allclose(exact.plan.numpy(), data["Q_pot_rho0.5_f64"], rtol=0, atol=1e-10)
+    assert exact.iterations == case["iterations_f64"]
+    official = partial_transport(_cost(data), 0.5, semi_relaxed=False, marginals="official_f32")
+    np.testing.assert_allclose(official.plan.float().numpy(), data["Q_pot_rho0.5"], rtol=0, atol=1e-7)
+    assert official.iterations == case["iterations_asis"] == 1000
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("stem", FIXTURES)
+def test_warm_start_on_second_view_matches_official(stem, load_golden, manifest):
+    data, case = load_golden(stem), manifest[stem]["cases"]["warm_start_rho0.5"]
+    solver = P2OTSolver(0.5)
+    solver.solve(torch.from_numpy(data["logits"]))
+    warm = solver.solve(torch.from_numpy(data["logits_view2"]))
+    np.testing.assert_allclose(warm.plan.numpy(), data["Q_warm_view2_rho0.5_f64"], rtol=0, atol=1e-10)
+    assert warm.iterations == case["iterations_view2_warm_f64"]
+    fresh = partial_transport(_cost(data, "logits_view2"), 0.5)
+    np.testing.assert_allclose(fresh.plan.numpy(), data["Q_fresh_view2_rho0.5_f64"], rtol=0, atol=1e-10)
+    assert fresh.iterations == case["iterations_view2_fresh_f64"]
+
+
+@pytest.mark.shared
+def test_functional_form_warm_started_by_state_equals_solver(load_golden):
+    data = load_golden("ppot_N256_K10")
+    first = partial_transport(_cost(data), 0.5)
+    second = partial_transport(_cost(data, "logits_view2"), 0.5, state=first.state)
+    np.testing.assert_allclose(second.plan.numpy(), data["Q_warm_view2_rho0.5_f64"], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("rho", [0.05, 0.2, 0.5, 0.8, 1.0])
+def test_transported_mass_equals_rho_and_rows_are_capped(rho):
+    logits = torch.randn(300, 7, dtype=torch.float64) * 2
+    plan = p2ot_plan(logits, rho, tol=1e-12, max_iter=50_000)
+    assert plan.sum().item() / 300 == pytest.approx(rho, abs=1e-9)
+    assert plan.min().item() >= 0
+    assert plan.sum(1).max().item() <= 1 + 1e-9
+
+
+def _random_cost(num_rows=200, num_cols=8):
+    return cost_from_logits(torch.randn(num_rows, num_cols, dtype=torch.float64) * 2)
+
+
+@pytest.mark.filterwarnings("ignore:If reg_type = entropy")
+def test_rho_one_semi_relaxed_agrees_with_pot_unbalanced():
+    cost = _random_cost()
+    num_rows, num_cols = cost.shape
+    ours = partial_transport(cost, 1.0, tol=1e-13, max_iter=100_000).plan.numpy()
+    reference = ot.unbalanced.sinkhorn_unbalanced(
+        np.full(num_rows, 1 / num_rows), np.full(num_cols, 1 / num_cols), cost.numpy(), reg=0.1,
+        reg_m=(float("inf"), 1.0), reg_type="entropy", numItermax=100_000, stopThr=1e-14,
+    )
+    np.testing.assert_allclose(ours, num_rows * reference, rtol=0, atol=1e-10)
+
+
+def test_balanced_agrees_with_pot_sinkhorn():
+    cost = _random_cost()
+    num_rows, num_cols = cost.shape
+    ours = partial_transport(cost, 1.0, semi_relaxed=False, tol=1e-13, max_iter=100_000).plan.numpy()
+    reference = ot.sinkhorn(np.full(num_rows, 1 / num_rows), np.full(num_cols, 1 / num_cols), cost.numpy(),
+                            reg=0.1, numItermax=100_000, stopThr=1e-14)
+    np.testing.assert_allclose(ours, num_rows * reference, rtol=0, atol=1e-10)
+
+
+def test_partial_balanced_agrees_with_pot_sinkhorn_on_the_virtual_column():
+    cost, rho = _random_cost(), 0.3
+    num_rows, num_cols = cost.shape
+    ours = partial_transport(cost, rho, semi_relaxed=False, tol=1e-13, max_iter=100_000).plan.numpy()
+    column_target = np.r_[np.full(num_cols, rho / num_cols), 1 - rho]
+    extended = np.c_[cost.numpy(), np.zeros(num_rows)]
+    reference = ot.sinkhorn(np.full(num_rows, 1 / num_rows), column_target, extended, reg=0.1,
+                            numItermax=100_000, stopThr=1e-14)
+    np.testing.assert_allclose(ours, num_rows * reference[:, :num_cols], rtol=0, atol=1e-10)
+
+
+def test_sinkhorn_plan_gives_equal_clusters():
+    plan = sinkhorn_plan(torch.randn(120, 6, dtype=torch.float64), tol=1e-12, max_iter=10_000)
+    np.testing.assert_allclose(plan.sum(0).numpy(), np.full(6, 20.0), atol=1e-8)
+    np.testing.assert_allclose(plan.sum(1).numpy(), np.ones(120), atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype, epsilon", [(torch.float32, 0.1), (torch.float64, 0.02)])
+def test_stabilised_solver_survives_a_cluster_no_sample_predicts(dtype, epsilon):
+    logits = torch.randn(500, 20, dtype=torch.float64) * 2
+    logits[:, 0] -= 20
+    cost = cost_from_logits(logits, dtype)
+    plain = partial_transport(cost, 0.5, epsilon=epsilon, stabilize=False, dtype=dtype)
+    assert not torch.isfinite(plain.plan).all()
+    stable = partial_transport(cost, 0.5, epsilon=epsilon, stabilize=True, dtype=dtype)
+    assert torch.isfinite(stable.plan).all() and stable.error < 1e-6
+    assert stable.plan.sum().item() / 500 == pytest.approx(0.5, abs=0.02)
+
+
+def test_stabilised_solver_converges_at_small_epsilon_where_plain_scaling_does_not():
+    cost = cost_from_logits(torch.randn(500, 20, dtype=torch.float64) * 5)
+    plain = partial_transport(cost, 1.0, epsilon=0.01, stabilize=False, max_iter=3000)
+    stable = partial_transport(cost, 1.0, epsilon=0.01, stabilize=True, max_iter=3000)
+    assert plain.error > 1e-3 and stable.error < 1e-6
+    assert stable.plan.sum().item() / 500 == pytest.approx(1.0, abs=1e-6)
+
+
+def test_stabilised_equals_plain_when_nothing_is_absorbed():
+    cost = _random_cost()
+    plain = partial_transport(cost, 0.4, stabilize=False)
+    stable = partial_transport(cost, 0.4, stabilize=True)
+    assert plain.iterations == stable.iterations
+    torch.testing.assert_close(plain.plan, stable.plan, rtol=0, atol=0)
+
+
+def test_float32_compute_is_close_to_float64():
+    logits = torch.randn(400, 12) * 3
+    plan64 = p2ot_plan(logits, 0.5)
+    plan32 = p2ot_plan(logits, 0.5, dtype=torch.float32)
+    assert plan32.dtype == torch.float32
+    torch.testing.assert_close(plan32.double(), plan64, rtol=0, atol=1e-4)
+
+
+def test_solver_resets_state_when_the_number_of_clusters_changes():
+    solver = P2OTSolver(0.5)
+    solver(torch.randn(50, 5))
+    assert solver.state.b.numel() == 6
+    plan = solver(torch.randn(50, 9))
+    assert plan.shape == (50, 9) and solver.state.b.numel() == 10
+    solver.reset()
+    assert solver.state is None
+
+
+def test_stale_stabilised_state_with_other_rows_is_ignored():
+    state = ScalingState(b=torch.ones(6, dtype=torch.float64), u=torch.zeros(7, 1), v=torch.zeros(6, 1))
+    cost = _random_cost(40, 5)
+    torch.testing.assert_close(partial_transport(cost, 0.5, state=state).plan, partial_transport(cost, 0.5).plan)
+
+
+@pytest.mark.parametrize("bad", [dict(rho=1.5), dict(rho=-0.1), dict(epsilon=0.0), dict(max_iter=0),
+                                 dict(marginals="float16")])
+def test_bad_arguments_raise_a_clear_error(bad):
+    options = dict(rho=0.5) | bad
+    with pytest.raises(LongtailError):
+        partial_transport(_random_cost(10, 3), **options)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    logits = torch.randn(256, 10, dtype=torch.float64)
+    torch.testing.assert_close(p2ot_plan(logits.cuda(), 0.5).cpu(), p2ot_plan(logits, 0.5))
