@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/longtail datasets describe digits-lt --imbalance 10
+	$(VENV)/bin/longtail train --recipe digits-ce
 
 test: $(STAMP)
 	$(PY) -m pytest -q

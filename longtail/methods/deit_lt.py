@@ -1,13 +1,42 @@
-"""DeiT-LT: distillation from a CNN teacher for vision transformers on long-tailed data (the loss).
+"""DeiT-LT: vision transformers trained from scratch on long-tailed data by distillation from a CNN.
 
 Paper: Harsh Rangwani, Pradipto Mondal, Mayank Mishra, Ashish Ramayee Asokan, R. Venkatesh Babu, "DeiT-LT:
 Distillation Strikes Back for Vision Transformer Training on Long-Tailed Datasets", CVPR 2024. Official code:
-val-iisc/DeiT-LT (``losses.py``: ``DistillationLoss``; ``main.py``: the DRW switch and the class weights).
+val-iisc/DeiT-LT (``losses.py``: ``DistillationLoss``; ``engine.py``: the OOD batch and the teacher input;
+``main.py``: the DRW switch, the class weights and the Head/Mid/Tail cut points). Built on DeiT (Touvron et
+al., ICML 2021).
 
-Model output: the student (a ViT with a CLS and a DIST token) puts its two heads' logits in
-``output.aux['cls_logits']`` and ``output.aux['dist_logits']`` (B, C); the engine runs the teacher on the
-student's own augmented (mixed) batch and puts its logits in ``output.aux['teacher_logits']`` (B, C). The
-teacher's logits are treated as constants. Targets are (B,) class indices, or (B, C) soft Mixup/CutMix targets.
+The method (``deit_lt``):
+
+* Student: a distilled ViT with a CLS and a DIST token and a head on each (``longtail.models.deit``:
+  ``deit_lt_base_patch16_224``, the paper's DeiT-B/16 with 32 px CIFAR images upsampled to 224 px, or the
+  CPU-sized ``deit_lt_tiny_patch4_32`` / ``deit_lt_small_patch4_32``), trained from scratch. Prediction is
+  ``(z_cls + z_dist) / 2``; the CLS and DIST heads are reported as well (``cls`` and ``dist``).
+* Teacher: any longtail checkpoint (``method.args.teacher``: a run directory or ``.pt`` file), rebuilt from
+  the checkpoint's own config and used frozen: eval mode, no gradient, not part of the student (not in its
+  optimiser, EMA or checkpoints). The paper's teachers are ResNet-32 (CIFAR) and ResNet-50 (ImageNet-LT,
+  iNat) trained with LDAM-DRW or PaCo under SAM (flat minima make better teachers): see the
+  ``deit-lt-teacher-*`` recipes. PaCo + SAM, the paper's strongest teacher, is not in this library.
+* Out-of-distribution distillation: every step builds ONE strongly augmented batch x̃ and feeds it to both
+  networks. The loader applies crop + flip + RandAugment (``data.augment`` with ``policy: randaugment``, 2
+  operations, magnitude 9); the training step then applies random erasing (probability 0.25, per-pixel
+  normal noise, timm ``RandomErasing``) and Mixup (α 0.8) / CutMix (α 1.0), one of the two per batch, by timm
+  ``Mixup`` with label smoothing ε = 0.1, giving soft targets ỹ. The teacher sees the same mixed x̃, resized
+  (bicubic) to its own input size and re-normalised to its own statistics if they differ, not a clean image.
+* Loss (``deit_lt``, below): ``L = ½·CE(z_cls, ỹ) + ½·CE_w(z_dist, argmax_c f_T(x̃))``.
+* Deferred re-weighting: from the 0-based epoch ``loss.args.drw_epoch`` the DIST cross-entropy is weighted by
+  the class-balanced effective-number weights (β 0.9999, summing to C); the CLS term stays unweighted.
+  ``no_mixup_drw`` (the CIFAR setting) also turns Mixup/CutMix off from that epoch: the targets are then the
+  hard labels and the CLS term is the plain cross-entropy (no smoothing).
+* Reports: besides the usual many/medium/few shot groups, DeiT-LT's Head/Mid/Tail: classes ranked by
+  descending training count and cut at fixed ranks (``DEIT_LT_CUT_POINTS``: CIFAR-10-LT 3/7, CIFAR-100-LT
+  36/71, ImageNet-LT 390/835, iNat 842/4543; ``rank_groups``). ``DeiTLT.extra_metrics`` adds them to the
+  metrics of a head.
+
+The loss. Model output: the student puts its two heads' logits in ``output.aux['cls_logits']`` and
+``output.aux['dist_logits']`` (B, C); the method runs the teacher on the student's own augmented (mixed)
+batch and puts its logits in ``output.aux['teacher_logits']`` (B, C). The teacher's logits are treated as
+constants. Targets are (B,) class indices, or (B, C) soft Mixup/CutMix targets.
 
 Symbols (as in the code below): ``z_cls``, ``z_dist``, ``z_T`` the logits above; ``ỹ`` the (soft) targets;
 ``t = argmax_c z_T`` the teacher's hard label; ``w`` the class-balanced effective-number weights (beta 0.9999,
@@ -30,22 +59,34 @@ Where the official code differs from the paper, and what this module does:
   it; by default the distillation is weighted only during DRW.
 * Its (unexercised) weighted soft distillation multiplies the teacher's log-probabilities by the weights;
   this module does not weight soft distillation and says so if asked to.
-* Turning Mixup/CutMix off during DRW (``--no-mixup-drw``) is the data loader's job: the loss uses the soft
-  targets it is given.
+* The official code upsamples CIFAR to 224 px before augmenting (timm ``create_transform``) and downsamples
+  the mixed batch to the teacher's 32 px; here the batch is augmented and mixed at the dataset's resolution,
+  the student upsamples its input, and the teacher gets the batch as it is when the sizes agree.
+* RandAugment is torchvision's (2 operations, magnitude 9, batched by the loader), not timm's
+  ``rand-m9-mstd0.5-inc1`` (which adds magnitude noise of std 0.5 and uses increasing-severity operations).
+* The official scripts sample with repeated augmentation (``RASampler``) and keep an EMA of the weights
+  (decay 0.99996) that they never evaluate; the recipes say what this library does instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
+from torch import Tensor, nn
 
+from longtail.engine.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss
 from longtail.losses.registry import register_loss
+from longtail.methods.base import Method, register_method
 from longtail.methods.ride import loss_dtype
 from longtail.models.output import ModelOutput
 
@@ -170,3 +211,237 @@ class DeiTLTLoss(LongtailLoss):
         )
         self.parts = {"cls": terms.cls_part.detach(), "dist": terms.dist_part.detach()}
         return terms.loss
+
+
+# ---------------------------------------------------------------- the method
+
+# Class-rank cut points of DeiT-LT's Head/Mid/Tail report (``main.py``, ``args.categories``).
+DEIT_LT_CUT_POINTS: dict[str, tuple[int, int]] = {
+    "cifar10-lt": (3, 7),
+    "cifar100-lt": (36, 71),
+    "imagenet-lt": (390, 835),
+    "inat2018": (842, 4543),
+}
+RANK_GROUPS = ("head", "mid", "tail")
+
+
+def rank_groups(train_counts: Sequence[int], cut_points: Sequence[int]) -> dict[str, np.ndarray]:
+    """DeiT-LT's Head / Mid / Tail: the classes ranked by descending training count (ties by class index),
+    cut at the two ranks ``cut_points``. On CIFAR-LT the rank is the class index; on ImageNet-LT and iNat it
+    is the official ``class_map`` order (classes sorted by frequency)."""
+    first, second = cut_points
+    if not 0 < first < second < len(train_counts):
+        raise LongtailError(
+            f"DeiT-LT cut points must satisfy 0 < first < second < {len(train_counts)} (the number of classes), "
+            f"got {list(cut_points)}."
+        )
+    ranked = np.argsort(-np.asarray(train_counts), kind="stable")
+    return {"head": ranked[:first], "mid": ranked[first:second], "tail": ranked[second:]}
+
+
+def rank_group_accuracies(per_class: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Mean per-class accuracy of each group (classes without test samples left out; None if none is left)."""
+    result: dict[str, float | None] = {}
+    for name, classes in groups.items():
+        tested = per_class[classes][~np.isnan(per_class[classes])]
+        result[name] = float(tested.mean()) if tested.size else None
+    return result
+
+
+class FrozenTeacher:
+    """A trained classifier used as a fixed function of the student's images: eval mode, no gradient.
+
+    ``predict(model, images) -> ModelOutput`` is the teacher's own method's prediction. The student's images
+    are re-normalised from ``student_stats`` to ``teacher_stats`` ((mean, std) per channel) when those
+    differ, and resized (bicubic, antialiased) to ``image_size`` when their size differs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: int,
+        predict: Callable[[nn.Module, Tensor], ModelOutput] | None = None,
+        student_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+        teacher_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.image_size = image_size
+        self.predict = predict or (lambda net, images: net(images))
+        self.scale, self.shift = _renormalisation(student_stats, teacher_stats)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device, student_info: Any) -> FrozenTeacher:
+        """The model of a longtail run directory or checkpoint, rebuilt from its own config."""
+        from longtail.engine.checkpoint import load_trained_model
+
+        if not Path(path).exists():
+            raise LongtailError(
+                f"DeiT-LT teacher not found at '{path}'. Train one first (e.g. `longtail train --recipe "
+                f"deit-lt-teacher-cifar10-lt-if100 --run-dir {path}`) or set method.args.teacher to a run "
+                "directory or checkpoint file."
+            )
+        trained = load_trained_model(path, device)
+        if list(trained.info.class_names) != list(student_info.class_names):
+            raise LongtailError(
+                f"The teacher at '{path}' was trained on {trained.info.name} ({trained.info.num_classes} classes), "
+                f"which does not have the classes of {student_info.name} ({student_info.num_classes}); use a "
+                "teacher trained on the same dataset."
+            )
+        return cls(
+            trained.model,
+            trained.info.image_size,
+            trained.method.predict,
+            student_stats=(student_info.mean, student_info.std),
+            teacher_stats=(trained.info.mean, trained.info.std),
+        )
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Tensor:
+        """The teacher's logits (B, C) on ``images`` (the student's normalised batch)."""
+        if self.scale is not None:
+            images = images * self.scale.to(images) + self.shift.to(images)
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            downsampling = images.shape[-1] > self.image_size
+            images = F.interpolate(
+                images, size=self.image_size, mode="bicubic", align_corners=False, antialias=downsampling
+            )
+        return self.predict(self.model, images).logits.detach()
+
+
+def _renormalisation(
+    student: tuple[Sequence[float], Sequence[float]] | None, teacher: tuple[Sequence[float], Sequence[float]] | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """(scale, shift) with ``x_T = x · scale + shift`` = (x · σ_S + μ_S − μ_T) / σ_T, or (None, None)."""
+    if student is None or teacher is None:
+        return None, None
+    (mean_s, std_s), (mean_t, std_t) = [
+        (torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
+        for mean, std in (student, teacher)
+    ]
+    if torch.equal(mean_s, mean_t) and torch.equal(std_s, std_t):
+        return None, None
+    scale, shift = std_s / std_t, (mean_s - mean_t) / std_t
+    return scale.float().view(1, -1, 1, 1), shift.float().view(1, -1, 1, 1)
+
+
+@register_method("deit_lt")
+class DeiTLT(Method):
+    """DeiT-LT (see the module docstring): the student trains on one strongly augmented, mixed batch per step,
+    which the frozen teacher labels for the DIST head.
+
+    ``teacher``: a longtail run directory or checkpoint (None trains the same student and augmentation
+    without distillation: the recipe's loss must then not be ``deit_lt``); ``mixup_alpha``, ``cutmix_alpha``,
+    ``mix_prob``, ``switch_prob``, ``label_smoothing``: timm ``Mixup`` (mixing is off when both alphas are
+    0); ``random_erasing``: probability of timm ``RandomErasing`` (pixel mode, one box); ``no_mixup_drw``: no
+    Mixup/CutMix from the loss's ``drw_epoch`` on; ``cut_points``: the Head/Mid/Tail class ranks (default
+    ``DEIT_LT_CUT_POINTS`` of the dataset, none for other datasets).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        info: Any,
+        teacher: str | None = None,
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 1.0,
+        mix_prob: float = 1.0,
+        switch_prob: float = 0.5,
+        label_smoothing: float = 0.1,
+        random_erasing: float = 0.25,
+        no_mixup_drw: bool = False,
+        cut_points: list[int] | None = None,
+    ) -> None:
+        super().__init__(config, info)
+        for name, value in (("mix_prob", mix_prob), ("switch_prob", switch_prob), ("random_erasing", random_erasing)):
+            if not 0.0 <= value <= 1.0:
+                raise LongtailError(f"method.args.{name} must be a probability in [0, 1], got {value}.")
+        if mixup_alpha < 0 or cutmix_alpha < 0 or not 0.0 <= label_smoothing < 1.0:
+            raise LongtailError(
+                "method.args.mixup_alpha and cutmix_alpha must be >= 0 and label_smoothing in [0, 1), got "
+                f"{mixup_alpha}, {cutmix_alpha} and {label_smoothing}."
+            )
+        self.teacher_path = teacher
+        self.no_mixup_drw = no_mixup_drw
+        self.random_erasing_prob = random_erasing
+        self.mixup = None
+        if (mixup_alpha > 0 or cutmix_alpha > 0) and mix_prob > 0:
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                prob=mix_prob,
+                switch_prob=switch_prob,
+                mode="batch",
+                label_smoothing=label_smoothing,
+                num_classes=info.num_classes,
+            )
+        cut_points = cut_points if cut_points is not None else DEIT_LT_CUT_POINTS.get(info.name)
+        self.rank_groups = None if cut_points is None else rank_groups(info.train_counts, cut_points)
+        self.teacher: FrozenTeacher | None = None
+        self.random_erasing: RandomErasing | None = None
+
+    def setup(self, device: torch.device) -> None:
+        """Load the teacher from ``teacher`` (unless one was attached to ``self.teacher`` already) and build
+        random erasing on ``device``."""
+        if self.teacher is None and self.teacher_path is not None:
+            self.teacher = FrozenTeacher.from_checkpoint(self.teacher_path, device, self.info)
+        self._check_stage_losses()
+        if self.random_erasing_prob > 0:
+            self.random_erasing = RandomErasing(
+                probability=self.random_erasing_prob, mode="pixel", max_count=1, device=str(device)
+            )
+
+    def _check_stage_losses(self) -> None:
+        for stage in self.stages():
+            if stage.loss.name == "deit_lt" and self.teacher is None:
+                raise LongtailError(
+                    f"Loss 'deit_lt' (stage '{stage.name}') distils from a teacher: set method.args.teacher to "
+                    "a trained run directory or checkpoint, or use another loss to train without one."
+                )
+            if self.no_mixup_drw and stage.loss.args.get("drw_epoch") is None:
+                raise LongtailError(
+                    f"method.args.no_mixup_drw switches Mixup off at the DRW epoch, but stage '{stage.name}' has "
+                    "no loss.args.drw_epoch; set one or set no_mixup_drw=false."
+                )
+
+    def mixing(self, criterion: nn.Module, epoch: int) -> bool:
+        """Whether this (0-based) epoch mixes: Mixup is configured and, with ``no_mixup_drw``, DRW has not begun."""
+        if self.mixup is None:
+            return False
+        drw_epoch = getattr(criterion, "drw_epoch", None)
+        return not (self.no_mixup_drw and drw_epoch is not None and epoch >= drw_epoch)
+
+    def augment(self, images: Tensor, targets: Tensor, mix: bool) -> tuple[Tensor, Tensor]:
+        """Random erasing, then (if ``mix``) Mixup/CutMix of the batch with smoothed soft targets; returns
+        new tensors (the batch is left untouched)."""
+        images = images.clone()
+        if self.random_erasing is not None:
+            images = self.random_erasing(images)
+        if not mix:
+            return images, targets
+        if len(images) % 2:
+            raise LongtailError(
+                f"Mixup/CutMix pairs each image with the batch reversed and needs an even batch, got {len(images)} "
+                "images per process; use an even data.batch_size per process."
+            )
+        return self.mixup(images, targets)
+
+    def training_step(
+        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+    ) -> tuple[Tensor, ModelOutput]:
+        images, targets = self.augment(batch.images, batch.targets, self.mixing(criterion, epoch))
+        output = model(images)
+        if self.teacher is not None:
+            output.aux["teacher_logits"] = self.teacher(images)
+        return criterion(output, targets), output
+
+    def extra_predictions(self, output: ModelOutput) -> dict[str, Tensor]:
+        return {"cls": output.aux["cls_logits"], "dist": output.aux["dist_logits"]}
+
+    def extra_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """DeiT-LT's Head / Mid / Tail accuracies of one head's ``evaluate`` result (its ``per_class``), and the
+        size of each group; empty when the dataset has no cut points."""
+        if self.rank_groups is None:
+            return {}
+        per_class = np.asarray(metrics["per_class"], dtype=np.float64)
+        accuracies = rank_group_accuracies(per_class, self.rank_groups)
+        return {**accuracies, "rank_group_sizes": {name: int(c.size) for name, c in self.rank_groups.items()}}

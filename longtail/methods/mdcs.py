@@ -1,16 +1,32 @@
-"""MDCS: More Diverse experts with Consistency Self-distillation (the loss).
+"""MDCS: More Diverse experts with Consistency Self-distillation (the method and its loss).
 
 Paper: Qihao Zhao, Chen Jiang, Wei Hu, Fan Zhang, Jun Liu, "MDCS: More Diverse Experts with Consistency
 Self-distillation for Long-tailed Recognition", ICCV 2023. Official code: fistyee/MDCS (``model/loss.py``:
 ``MDCSLoss``; ``trainer/trainer.py`` builds the two-view batch).
 
-Two-view batches: the model is run on ``cat([weak, strong])``, so ``output.expert_logits`` is (K, 2B, C) with
-rows ``[weak view; strong view]`` (row ``i`` and row ``B + i`` are two views of image ``i``); ``targets`` is
-(B,), the labels of the B images, and is used for both views. A single-view batch is an error.
+The method (``mdcs``):
+
+* Model: RIDE's multi-expert network (``ride_resnet32``: shared conv1 + layer1, per-expert layer2 / layer3
+  with 24 / 48 channels and a cosine head; ``ride_resnext50_32x4d`` / ``ride_resnet50`` / ``ride_resnet152``
+  for the large datasets), built with ``logit_adjust_exponents`` = λ (one per expert).
+* Data: two views of every image (``data.two_views``): a weak one (crop + flip + rotation 15°) and a strong
+  one (crop + flip + AutoAugment + Cutout 16 on CIFAR; see the recipes for the large datasets).
+* Training step: ONE forward pass over ``cat([weak; strong])`` (2B rows, so BatchNorm sees both views, as in
+  the official trainer), then the loss below on ``expert_logits`` (K, 2B, C) and the B labels.
+* Prediction: the mean of the raw expert logits, (1/K) Σ_k z_k (no logit adjustment at test time), which is
+  the model's ``logits``. Trained on ẑ_k, expert k ends up head-biased (λ = −0.5), balanced (1) or
+  tail-biased (2.5), and their mean is close to balanced.
+
+λ is written once: ``model.args.logit_adjust_exponents`` (or ``loss.args.expert_exponents``; giving both with
+different values is an error; default (−0.5, 1, 2.5)); the method passes the same λ to the model and to the
+loss.
+
+The loss (``mdcs``). Two-view batches: ``output.expert_logits`` is (K, 2B, C) with rows ``[weak view; strong
+view]`` (row ``i`` and row ``B + i`` are two views of image ``i``); ``targets`` is (B,), the labels of the B
+images, and is used for both views. A single-view batch is an error.
 
 Symbols (as in the code below): ``z_k`` = logits of expert k; ``n_c`` = ``class_counts``; ``λ_k`` =
-``expert_exponents[k]`` (default (−0.5, 1, 2.5): head-, balanced- and tail-biased experts); ``τ`` =
-``temperature``; ``w`` = ``consistency_weight``::
+``expert_exponents[k]``; ``τ`` = ``temperature``; ``w`` = ``consistency_weight``::
 
     ẑ_k     = z_k + a_k,   a_k,c = λ_k · log n_c                           (all 2B rows)
     DL      = Σ_k CE(ẑ_k, [y; y])                                          (mean over the 2B rows)
@@ -20,37 +36,48 @@ Symbols (as in the code below): ``z_k`` = logits of expert k; ``n_c`` = ``class_
     ramp    = min((epoch + 1) / ramp_epochs, 1)                            (0-based epoch; ramp_epochs = 20)
     L       = DL + w · ramp · CS,   w = 0.6
 
-Normalising the counts to a prior (``log π`` instead of ``log n``) shifts every row of ``ẑ_k`` by a constant,
-which changes neither the softmax nor the argmax, so the two are the same loss.
+The weak view's rows therefore get gradient from DL only, never from CS. Normalising the counts to a prior
+(``log π`` instead of ``log n``) shifts every row of ``ẑ_k`` by a constant, which changes neither the
+softmax nor the argmax, so the two are the same loss.
 
 Where the official code differs from the paper, and what this module does:
 
+* The configured ``tau`` (2 in the CIFAR and ImageNet-LT configs) is stored but never used: the official
+  temperature is 1. This library uses τ = 1 (the code's behaviour, which is what produced the published
+  numbers); ``temperature`` is an option, and with ``temperature != 1`` both softmaxes of the KL are divided
+  by τ (no τ² factor).
+* DRW class weights are computed (``reweight_epoch`` 200) but never applied: the CE calls pass no weight.
+  This library computes no DRW weights for MDCS; DL is the unweighted cross-entropy above.
 * The official adjustment is ``a_k,c = log(n_c^λ_k + 1e-9)``, not ``λ_k · log n_c``; the difference is
   about ``1e-9 / n_c^λ_k`` per logit (7e-8 for λ = −0.5 and n = 5000). Default ``log_prior='exact'``;
-  ``log_prior='official'`` is the official formula.
-* The configured ``tau`` (2) is stored but never used: the official temperature is 1, the default here.
-  With ``temperature != 1`` both softmaxes of the KL are divided by τ (no τ² factor).
-* DRW weights are computed but never applied (and are not here); the weight 0.6, the 20-epoch ramp (1-based
-  ``epoch / 20`` == 0-based ``(epoch + 1) / 20``) and the exponents are hard-coded there, options here.
+  ``log_prior='official'`` is the official formula (the golden tests use it).
+* The weight 0.6, the 20-epoch ramp (1-based ``epoch / 20`` == 0-based ``(epoch + 1) / 20``), the exponents,
+  3 experts and 100 classes are hard-coded there; here they are options (any K and C).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from longtail.engine.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss
 from longtail.losses.registry import register_loss
+from longtail.methods.base import Method, register_method
 from longtail.methods.ride import expert_cross_entropy, require_class_targets, require_expert_logits
 from longtail.models.output import ModelOutput
 
 LogPrior = Literal["exact", "official"]
+
+DEFAULT_EXPERT_EXPONENTS = (-0.5, 1.0, 2.5)
 
 
 @dataclass(frozen=True)
@@ -113,7 +140,7 @@ class MDCSLoss(LongtailLoss):
     def __init__(
         self,
         class_counts: Sequence[int],
-        expert_exponents: Sequence[float] = (-0.5, 1.0, 2.5),
+        expert_exponents: Sequence[float] = DEFAULT_EXPERT_EXPONENTS,
         consistency_weight: float = 0.6,
         ramp_epochs: int = 20,
         temperature: float = 1.0,
@@ -164,3 +191,58 @@ class MDCSLoss(LongtailLoss):
                 f"{targets.shape[0]} targets, got {rows}; create the loader with two_views=True."
             )
         return expert_logits.chunk(2, dim=1)
+
+
+def in_float32(output: ModelOutput) -> ModelOutput:
+    """``output`` with float32 expert logits: under bf16 autocast a logit of 30 has a resolution of 0.125,
+    coarser than the logit adjustment and the KL terms need."""
+    if output.expert_logits is None:
+        return output
+    return dataclasses.replace(output, expert_logits=output.expert_logits.float())
+
+
+def resolve_expert_exponents(config: RunConfig) -> tuple[float, ...]:
+    """λ from ``model.args.logit_adjust_exponents`` or ``loss.args.expert_exponents`` (default (−0.5, 1, 2.5))."""
+    from_model = config.model.args.get("logit_adjust_exponents")
+    from_loss = config.loss.args.get("expert_exponents") if config.loss.name == "mdcs" else None
+    if from_model is not None and from_loss is not None and list(map(float, from_model)) != list(map(float, from_loss)):
+        raise LongtailError(
+            f"MDCS got two different per-expert exponents, model.args.logit_adjust_exponents={list(from_model)} "
+            f"and loss.args.expert_exponents={list(from_loss)}; set only model.args.logit_adjust_exponents."
+        )
+    chosen = from_model if from_model is not None else from_loss
+    return tuple(float(value) for value in (DEFAULT_EXPERT_EXPONENTS if chosen is None else chosen))
+
+
+def with_expert_exponents(config: RunConfig, exponents: Sequence[float]) -> RunConfig:
+    """A copy of ``config`` whose model and ``mdcs`` losses (the run's and any stage's) carry the same
+    per-expert exponents."""
+    config = copy.deepcopy(config)
+    config.model.args["logit_adjust_exponents"] = list(exponents)
+    for loss in [config.loss, *(stage.loss for stage in config.stages if stage.loss is not None)]:
+        if loss.name == "mdcs":
+            loss.args["expert_exponents"] = list(exponents)
+    return config
+
+
+@register_method("mdcs")
+class MDCS(Method):
+    """MDCS (see the module docstring): one forward pass over both views, the ``mdcs`` loss on the 2B rows,
+    prediction = mean of the raw expert logits (the model's ``logits``, ``Method.predict``)."""
+
+    def __init__(self, config: RunConfig, info: Any) -> None:
+        if not config.data.two_views:
+            raise LongtailError(
+                "Method 'mdcs' trains on a weak and a strong view of every image; set data.two_views=true "
+                "(and data.strong_augment), as the mdcs-* recipes do."
+            )
+        self.expert_exponents = resolve_expert_exponents(config)
+        super().__init__(with_expert_exponents(config, self.expert_exponents), info)
+
+    def training_step(
+        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+    ) -> tuple[Tensor, ModelOutput]:
+        if batch.strong is None:
+            raise LongtailError("MDCS needs two-view batches (Batch.strong); create the loader with two_views=True.")
+        output = model(torch.cat([batch.images, batch.strong]))
+        return criterion(in_float32(output), batch.targets), output

@@ -1,0 +1,79 @@
+"""``longtail eval RUN_DIR_OR_CHECKPOINT``: the All / Many / Medium / Few table of a trained model.
+
+A run directory is evaluated with its last weights and, when it has them, its best-validation weights; a
+checkpoint file with its own weights. ``key=value`` arguments change the evaluation settings (post-hoc
+``eval.tau_norm`` / ``eval.logit_adjust_tau``, ``data.root``, ``data.eval_batch_size``, ``train.device``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from longtail.engine.config import apply_overrides, from_dict, parse_overrides
+from longtail.errors import LongtailError
+
+ALLOWED_PREFIXES = ("eval.", "data.root", "data.eval_batch_size", "data.num_workers", "train.device", "train.precision")
+SPLITS = ("val", "test")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("eval", help="evaluate a run directory or checkpoint")
+    parser.add_argument("path", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. eval.tau_norm=1.0 data.root=/data")
+    parser.add_argument("--split", choices=(*SPLITS, "both"), default="both", help="split(s) to evaluate")
+    parser.add_argument("--output", type=Path, help="also write results.json and the plot of each row under this folder")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from longtail.engine import checkpoint as ckpt
+    from longtail.engine.distributed import DistContext
+    from longtail.engine.evaluate import Evaluator, table_rows, write_split_report
+    from longtail.engine.trainer import create_datasets_for, resolve_device
+    from longtail.evaluation.report import format_shot_table
+
+    weights = _weights(args.path)
+    state = ckpt.load_checkpoint(next(iter(weights.values())))
+    config = from_dict(apply_overrides(state["config"], parse_overrides(_checked(args.overrides))))
+    device = resolve_device(config.train.device)
+    splits = create_datasets_for(config)
+    rows = {}
+    for which, path in weights.items():
+        trained = ckpt.load_trained_model(path, device)
+        evaluator = Evaluator(config, trained.method, splits.info, device, DistContext())
+        for split in SPLITS if args.split == "both" else (args.split,):
+            dataset = getattr(splits, split)
+            if dataset is None:
+                continue
+            results = evaluator.evaluate(trained.model, dataset)
+            name = f"{which} {split}".strip()
+            rows.update(table_rows(name, results))
+            if args.output:
+                extra = {"weights": which or "checkpoint", "split": split, "checkpoint": str(path)}
+                plot = write_split_report(args.output / name.replace(" ", "_"), results, splits.info, extra)
+                print(f"{name}: {plot}")
+    if not rows:
+        raise LongtailError(f"{config.data.name} has no {args.split} split to evaluate.")
+    print(format_shot_table(rows))
+    return 0
+
+
+def _weights(path: Path) -> dict[str, Path]:
+    from longtail.engine.checkpoint import BEST, CHECKPOINT
+
+    if not path.is_dir():
+        return {"": path}
+    found = {"last": path / CHECKPOINT, "best": path / BEST}
+    return {which: file for which, file in found.items() if file.is_file()} or {"last": path / CHECKPOINT}
+
+
+def _checked(overrides: list[str]) -> list[str]:
+    for item in overrides:
+        key = item.partition("=")[0]
+        if not key.startswith(ALLOWED_PREFIXES):
+            raise LongtailError(
+                f"`longtail eval` cannot change '{key}': the model was trained with it. "
+                f"Evaluation settings it accepts: {', '.join(ALLOWED_PREFIXES)}."
+            )
+    return overrides

@@ -1,0 +1,102 @@
+"""Checkpoints: written atomically, read back into a model for evaluation, prediction or as a teacher.
+
+A run directory holds ``checkpoint.pt`` (the state after the last finished epoch: model, optimiser,
+scheduler, grad scaler, EMA, stage and epoch, best validation metric; rewritten every epoch) and
+``best.pt`` (the evaluation weights of the epoch with the best validation top-1 in the last stage).
+Randomness needs no saved state: every epoch reseeds from (seed, epoch, rank) and the loader draws its
+order and augmentations from the same triple, so a resumed epoch replays exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from longtail.engine.config import RunConfig, from_dict
+from longtail.errors import LongtailError
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` so that a crash leaves either the old or the new file, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise LongtailError(f"No checkpoint at {path}; give a run directory or a .pt file written by `longtail train`.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (any unpickling failure means the same thing to the user)
+        raise LongtailError(f"{path} is not a readable longtail checkpoint ({error}).") from None
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise LongtailError(f"{path} is not a longtail checkpoint (it lacks the config or the model weights).")
+    return state
+
+
+def info_to_dict(info: Any) -> dict[str, Any]:
+    """The dataset facts a checkpoint needs to rebuild the model and name its classes, as plain types."""
+    return {key: _plain(value) for key, value in dataclasses.asdict(info).items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def info_from_dict(data: dict[str, Any]) -> Any:
+    from longtail.data import DatasetInfo
+
+    fields = {field.name for field in dataclasses.fields(DatasetInfo)}
+    return DatasetInfo(**{key: value for key, value in data.items() if key in fields})
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A model rebuilt from a checkpoint, with what is needed to evaluate it or to predict with it."""
+
+    model: nn.Module
+    method: Any
+    config: RunConfig
+    info: Any
+    state: dict[str, Any]
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
+    """The model of a run directory or checkpoint file, in eval mode (EMA weights when the run kept them).
+
+    Every stage up to the checkpoint's is prepared first, so modules that a stage adds exist before the
+    weights are loaded. Any longtail checkpoint can serve as a teacher this way.
+    """
+    from longtail.methods.base import create_method
+
+    state = load_checkpoint(Path(path))
+    config = from_dict(state["config"])
+    info = info_from_dict(state["info"])
+    method = create_method(config, info)
+    torch.manual_seed(config.train.seed)
+    model = method.build_model()
+    for stage in method.stages()[: state["stage"] + 1]:
+        method.prepare_stage(stage, model)
+    model.load_state_dict(state.get("ema") or state["model"])
+    return TrainedModel(model=model.to(device).eval(), method=method, config=config, info=info, state=state)

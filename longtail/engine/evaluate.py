@@ -1,0 +1,142 @@
+"""Evaluation for the trainer and the CLI: logits over a split (sharded under DDP), post-hoc corrections,
+metrics of every head, results.json and the per-class plot."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from longtail.engine.config import RunConfig
+from longtail.engine.distributed import DistContext, all_gather_rows
+from longtail.evaluation.metrics import evaluate_heads, output_heads
+from longtail.evaluation.plot import plot_per_class_accuracy
+from longtail.evaluation.report import write_results
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SUMMARY_KEYS = ("top1", "top5", "many", "medium", "few")
+
+
+class Evaluator:
+    """Predicts with ``method.predict`` over a dataset in file order and scores every head.
+
+    Heads are ``main`` (``output.logits``), ``expert_<k>``, ``<name>`` for ``output.aux['<name>_logits']``,
+    and the post-hoc corrections asked for in ``config.eval``: ``tau_norm`` and ``logit_adjusted``.
+    """
+
+    def __init__(self, config: RunConfig, method: Any, info: Any, device: torch.device, context: DistContext) -> None:
+        self.config = config
+        self.method = method
+        self.info = info
+        self.device = device
+        self.context = context
+        self.dtype = PRECISIONS[config.train.precision]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def loader(self, dataset: Any) -> Any:
+        from longtail.data import create_loader
+
+        data = self.config.data
+        return create_loader(
+            dataset,
+            batch_size=data.eval_batch_size,
+            train=False,
+            augment="none",
+            device=self.device,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+            num_workers=data.num_workers,
+            channels_last=self.config.train.channels_last,
+        )
+
+    @torch.no_grad()
+    def predictions(self, model: nn.Module, dataset: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every head's logits (N, C) on the CPU and the targets (N,), in dataset order.
+
+        Under DDP each process predicts its shard; the rows are gathered and put back in dataset order by
+        ``batch.indices``.
+        """
+        chunks: dict[str, list[torch.Tensor]] = {}
+        targets, indices = [], []
+        with eval_mode(model):
+            for batch in self.loader(dataset):
+                with self.autocast():
+                    output = self.method.predict(model, batch.images)
+                for name, logits in output_heads(output).items():
+                    chunks.setdefault(name, []).append(logits.float())
+                targets.append(batch.targets)
+                indices.append(batch.indices)
+        order = self._gather(torch.cat(indices))
+        size = len(dataset)
+        heads = {name: _in_order(self._gather(torch.cat(parts)), order, size) for name, parts in chunks.items()}
+        return heads, _in_order(self._gather(torch.cat(targets)), order, size)
+
+    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
+        return all_gather_rows(rows, self.context).cpu()
+
+    def evaluate(self, model: nn.Module, dataset: Any) -> dict[str, dict[str, Any]]:
+        """Metrics of every head of ``model`` on ``dataset``, ``main`` first."""
+        heads, targets = self.predictions(model, dataset)
+        heads.update(self._posthoc(model, dataset, heads["main"]))
+        many, few = self.info.shot_thresholds
+        return evaluate_heads(heads, targets, self.info.train_counts, many=many, few=few)
+
+    def _posthoc(self, model: nn.Module, dataset: Any, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        settings = self.config.eval
+        variants: dict[str, torch.Tensor] = {}
+        if settings.tau_norm is not None:
+            from longtail.methods.baselines import tau_normalized
+
+            variants["tau_norm"] = self.predictions(tau_normalized(model, settings.tau_norm), dataset)[0]["main"]
+        if settings.logit_adjust_tau is not None:
+            from longtail.evaluation.posthoc import posthoc_logit_adjust
+
+            variants["logit_adjusted"] = posthoc_logit_adjust(logits, self.info.train_counts, settings.logit_adjust_tau)
+        return variants
+
+
+def _in_order(rows: torch.Tensor, order: torch.Tensor, size: int) -> torch.Tensor:
+    out = rows.new_zeros((size, *rows.shape[1:]))
+    out[order] = rows
+    return out
+
+
+def summarize(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The headline numbers of every head (for summary.json)."""
+    return {head: {key: metrics[key] for key in SUMMARY_KEYS} for head, metrics in results.items()}
+
+
+def table_rows(prefix: str, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rows of the All / Many / Medium / Few table: the main head as ``prefix``, the others after it."""
+    return {(prefix if head == "main" else f"{prefix} {head}"): metrics for head, metrics in results.items()}
+
+
+def write_split_report(folder: Path, results: dict[str, dict[str, Any]], info: Any, extra: dict[str, Any]) -> Path:
+    """``folder/results.json`` (the main head's metrics, the other heads under ``heads``) and
+    ``folder/per_class.png``; returns the plot's path."""
+    main = results["main"]
+    others = {name: metrics for name, metrics in results.items() if name != "main"}
+    write_results(folder / "results.json", main, {**extra, "heads": others})
+    many, few = info.shot_thresholds
+    title = f"{info.name}: {extra['weights']} weights, {extra['split']} split"
+    return plot_per_class_accuracy(folder / "per_class.png", main["per_class"], info.train_counts, many, few, title)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Evaluation mode inside the block; every module's previous train/eval flag after it."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.train(training)

@@ -1,0 +1,186 @@
+"""The Method interface: how a paper plugs into the one trainer (``longtail.engine.trainer``).
+
+A method is a model + a loss + a list of stages + a training step. The base class is plain empirical risk
+minimisation (registered as ``erm`` in ``longtail.methods.baselines``); a paper subclasses it, overrides
+only what differs, and registers it by name with ``@register_method('name')``. A recipe names its method in
+``method.name``; ``method.args`` are the keyword arguments of the subclass's ``__init__``.
+
+What the trainer calls, in order:
+
+1. ``Method(config, info, **method.args)``, ``build_model()``, then ``setup(device)`` once (load a teacher).
+2. For each stage of ``stages()``: ``prepare_stage(stage, model)`` (re-initialise heads, add modules: it is
+   replayed for every earlier stage when a run is resumed or a checkpoint is loaded, so what it adds to the
+   model must depend only on the stage), ``trainable_parameters(stage, model)`` (everything else is frozen
+   and put in eval mode), ``param_groups(stage, model, params)``, ``build_loss(stage.loss)``.
+3. Every step: ``training_step(model, batch, criterion, epoch) -> (loss, output)``; ``epoch`` is 0-based
+   within the stage, ``model`` may be wrapped by DDP / torch.compile (use ``unwrap(model)`` to reach
+   attributes such as ``head_modules()``), the call runs under autocast.
+4. Evaluation: ``predict(model, images) -> ModelOutput`` (no grad, eval mode). Reports score
+   ``output.logits`` and, beside it, every expert of ``output.expert_logits`` and every (B, C) entry
+   ``aux['<name>_logits']`` (``longtail.evaluation.metrics.output_heads``), e.g. DeiT's CLS and DIST heads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+import longtail.losses
+import longtail.models
+from longtail.engine.config import LossConfig, OptimConfig, RunConfig, ScheduleConfig, stage_optim, stage_schedule
+from longtail.errors import LongtailError, closest, unknown_name_error
+from longtail.models.output import ModelOutput
+from longtail.registry import Registry
+
+METHODS = Registry("method")
+register_method = METHODS.register
+
+PARAMETER_SELECTORS = ("all", "head")
+
+
+@dataclass
+class Stage:
+    """One training stage, fully resolved: what to train, on what sampler, with which optimiser and loss.
+
+    ``trainable`` names a parameter selector of the method ('all', 'head', or one a method adds in
+    ``trainable_parameters``); ``reinit_head`` re-initialises the head(s) as a new model would before the
+    stage (cRT, SHIKE's second stage).
+    """
+
+    name: str
+    epochs: int
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    loss: LossConfig
+    sampler: str
+    batch_size: int
+    trainable: str = "all"
+    reinit_head: bool = False
+
+
+class Method:
+    """Empirical risk minimisation: ``loss(model(images), targets)`` with the recipe's model and loss."""
+
+    def __init__(self, config: RunConfig, info: Any) -> None:
+        self.config = config
+        self.info = info
+
+    def build_model(self) -> nn.Module:
+        model = self.config.model
+        return longtail.models.create(
+            model.name, num_classes=self.info.num_classes, activation=model.activation, **model.args
+        )
+
+    def build_loss(self, loss: LossConfig) -> nn.Module:
+        return longtail.losses.create(loss.name, class_counts=self.info.train_counts, **loss.args)
+
+    def stages(self) -> list[Stage]:
+        """The main stage (the run's schedule) followed by the recipe's ``stages``."""
+        config = self.config
+        main = Stage(
+            name="train",
+            epochs=config.schedule.epochs,
+            optim=config.optim,
+            schedule=config.schedule,
+            loss=config.loss,
+            sampler=config.data.sampler,
+            batch_size=config.data.batch_size,
+        )
+        extra = [
+            Stage(
+                name=stage.name,
+                epochs=stage.epochs,
+                optim=stage_optim(config, index),
+                schedule=stage_schedule(config, index),
+                loss=stage.loss or config.loss,
+                sampler=stage.sampler or config.data.sampler,
+                batch_size=stage.batch_size or config.data.batch_size,
+                trainable=stage.trainable,
+                reinit_head=stage.reinit_head,
+            )
+            for index, stage in enumerate(config.stages)
+        ]
+        return [main, *extra]
+
+    def setup(self, device: torch.device) -> None:
+        """Once, after the model is built: load what the method needs besides the model (e.g. a teacher)."""
+
+    def prepare_stage(self, stage: Stage, model: nn.Module) -> None:
+        if stage.reinit_head:
+            reinitialize_heads(model, self.build_model())
+
+    def trainable_parameters(self, stage: Stage, model: nn.Module) -> list[nn.Parameter]:
+        if stage.trainable == "all":
+            return list(model.parameters())
+        if stage.trainable == "head":
+            return [p for head in model.head_modules() for p in head.parameters()]
+        raise unknown_name_error("parameter selector", stage.trainable, PARAMETER_SELECTORS)
+
+    def param_groups(self, stage: Stage, model: nn.Module, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """Optimiser groups; parameters outside ``model.head_modules()`` get ``optim.backbone_lr_scale``."""
+        if stage.optim.backbone_lr_scale == 1.0:
+            return [{"params": params}]
+        head_ids = {id(p) for head in model.head_modules() for p in head.parameters()}
+        head = [p for p in params if id(p) in head_ids]
+        backbone = [p for p in params if id(p) not in head_ids]
+        groups = [{"params": head}, {"params": backbone, "lr_scale": stage.optim.backbone_lr_scale}]
+        return [group for group in groups if group["params"]]
+
+    def training_step(
+        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+    ) -> tuple[torch.Tensor, ModelOutput]:
+        output = model(batch.images)
+        return criterion(output, batch.targets), output
+
+    def predict(self, model: nn.Module, images: torch.Tensor) -> ModelOutput:
+        return model(images)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside DDP and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+@torch.no_grad()
+def reinitialize_heads(model: nn.Module, fresh: nn.Module) -> None:
+    """Give ``model``'s heads the initial weights of the same heads in ``fresh``, a newly built model."""
+    for head, new_head in zip(model.head_modules(), fresh.head_modules(), strict=True):
+        head.load_state_dict(new_head.state_dict())
+
+
+def create_method(config: RunConfig, info: Any) -> Method:
+    """The method named by ``config.method.name``, built with ``config.method.args``."""
+    _import_method_modules()
+    factory = METHODS.get(config.method.name)
+    options = config.method.args
+    parameters = inspect.signature(factory).parameters
+    valid = [name for name in parameters if name not in ("self", "config", "info")]
+    for option in options:
+        if option not in valid:
+            guess = closest(option, valid)
+            hint = f" Did you mean '{guess}'?" if guess else ""
+            raise LongtailError(
+                f"Method '{config.method.name}' has no option 'method.args.{option}'.{hint} "
+                f"Valid options: {', '.join(valid) or 'none'}."
+            )
+    return factory(config, info, **options)
+
+
+def _import_method_modules() -> None:
+    """Import every module of ``longtail.methods`` so that all methods are registered."""
+    import longtail.methods as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
