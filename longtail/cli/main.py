@@ -9,7 +9,7 @@ import sys
 from longtail.errors import LongtailError
 
 # Sub-command modules of longtail.cli; each defines add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("datasets", "train", "eval", "predict", "recipes")
+COMMANDS = ("datasets", "train", "eval", "predict", "recipes", "cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,584 @@
+"""P²OT and SP²OT: deep imbalanced clustering by (semantic-regularised) progressive partial optimal transport.
+
+Papers: C. Zhang, H. Ren, X. He, "P²OT: Progressive Partial Optimal Transport for Deep Imbalanced Clustering",
+ICLR 2024 (arXiv 2401.09266), and its journal extension "SP²OT: Semantic-Regularized Progressive Partial
+Optimal Transport for Imbalanced Clustering" (arXiv 2404.03446). Official code: rhfeiyang/PPOT and
+rhfeiyang/SPPOT (``losses/losses.py::SK_loss``, ``utils/memory.py::LogitsMemory``); this module is an
+independent implementation. The transport solvers are :mod:`longtail.clustering` (``P2OTSolver``,
+``SP2OTSolver``, ``knn_similarity``, ``restrict``); the metrics are ``longtail.clustering.clustering_metrics``.
+Method ``p2ot`` (``method.args.transport: p2ot`` or ``sp2ot``) with loss ``swapped-ce``; recipes ``p2ot-*`` and
+``sp2ot-*``; ``longtail cluster --recipe NAME`` trains one and prints the clustering metrics.
+
+Model (:class:`ClusteringNetwork`). A backbone ``g`` (any single-head model of the registry, its head
+removed, or a timm model ``timm:<name>`` such as ``timm:vit_base_patch16_224.dino`` with local weights
+``model.args.pretrained_path``; never downloaded) and a cosine head with K outputs,
+``z = s · normalize(g(x)) · normalize(W)ᵀ`` (``logit_scale`` s = 10). Only the head and the last block of the
+backbone train (``trainable='last_block'``: ``blocks[-1]`` of a ViT, the last residual block of the last
+stage of a ResNet, as the paper fine-tunes DINO's block 11); ``'head'`` and ``'all'`` also work.
+
+Training objective, per step with a batch of B images, two augmented views ``v ∈ {1, 2}`` and their logits
+``z_v`` (B, K):
+
+1. Memory bank: a FIFO of the detached view-1 logits and dataset indices of the last ``bank_batches`` batches
+   (``ClusteringNetwork.memory``, buffers of the model so checkpoints carry it, as MoCo keeps its queue).
+2. Pseudo-labels: for each view, solve the transport on the rows ``[bank; z_v]`` (cost ``C = -log softmax``)
+   and keep the plan rows of the batch, ``Q_v = (N · Q)[-B:]`` (N rows in the problem). P²OT::
+
+       min_Q <Q, C> + lam · KL(Qᵀ1 || (rho/K) 1) - epsilon · H(Q)   s.t.  Q 1 <= 1/N,  1ᵀ Q 1 = rho
+
+   so row i of ``Q_v`` sums to the mass ``m_i ∈ [0, 1]`` transported from sample i (defaults epsilon = 0.1,
+   lam = 1). SP²OT adds ``- lam1 <S, Q Qᵀ>``, ``lam1 = (1 - rho) · structure_weight · N / reference_rows``,
+   with ``S`` the k-NN Gaussian graph (k = 20, sigma = 2) of the initial backbone features of the whole
+   training set (built at the first step, kept in the model's ``graph`` buffers), restricted to the rows'
+   dataset indices, and solves it by majorisation-minimisation. The solver warm-starts from its previous
+   call (that state is not checkpointed: a resumed run restarts it, which changes plans only within the
+   solver's tolerance).
+3. Swapped prediction with soft, unnormalised targets (:func:`swapped_prediction_loss`)::
+
+       L = Σ_{a ≠ b} (1/B) Σ_i  -Σ_k Q_b[i, k] · log softmax(z_a)[i, k]
+
+   Since ``Σ_k Q_b[i, k] = m_i``, each sample weighs by its transported mass: the samples the transport
+   leaves out (mass in the virtual cluster) get no weight. This is the confident-sample selection.
+4. ``rho`` ramps from ``rho_start`` (0.1) to ``rho_end`` (1) with progress ``t/T``: ``exp(-5 (1 - t/T)²)``
+   (``rho_ramp='sigmoid'``) or linearly, ``t`` counting steps (``ramp_unit='step'``, t/T from 0 at the first
+   step) or epochs (``'epoch'``, t/T = epoch / (epochs - 1)).
+
+Labels are never used: the loss sees the plans only, the sampler must be ``instance`` and no labelled
+validation split may exist (``data.val_per_class=0``), so the trainer cannot select an epoch by labelled
+accuracy. The label-free selection score is the loss divided by rho (``parts['normalized']``, logged as
+``loss_normalized``), the official "lowest training loss"; the reported model is the last one until the
+trainer can select by it. Prediction: cluster id = argmax of the head's logits; ``extra_metrics`` adds the
+clustering metrics (``cluster_acc``, ``cluster_nmi``, ... of ``CLUSTER_METRICS``) to every head of the
+trainer's report, computed from its confusion matrix.
+
+Differences from the official code: the bank starts empty and fills during the first ``bank_batches``
+steps (the official code fills it with a forward pass before training); it keeps view-1 logits (the official
+ring buffer ends each step holding view 2's); under DDP the views are gathered so the plan is that of the
+global batch. One clustering head (the paper's CIFAR-100 runs train two and keep the lower-loss one). iNat
+subsets: :func:`inat_subset_classes` reproduces the official recursive stride selection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import longtail.models
+from longtail.clustering import P2OTSolver, SP2OTSolver, clustering_metrics, knn_similarity, restrict
+from longtail.clustering import rho_ramp as ramp_value
+from longtail.clustering.baselines import RAMPS
+from longtail.engine.config import ModelConfig, RunConfig
+from longtail.errors import LongtailError, unknown_name_error
+from longtail.losses.registry import register_loss
+from longtail.methods.base import Method, Stage, register_method, unwrap
+from longtail.models.base import Network
+from longtail.models.heads import CosineHead
+from longtail.models.output import ModelOutput
+
+TIMM_PREFIX = "timm:"
+TRANSPORTS = ("p2ot", "sp2ot")
+TRAINABLE = ("last_block", "head", "all")
+RAMP_UNITS = ("step", "epoch")
+LOSS_NAME = "swapped-ce"
+VIEWS = 2
+INAT_SUBSET_SIZES = (8142, 2000, 1000, 500, 200, 100)
+CLUSTER_METRICS = ("acc", "mean_class_acc", "nmi", "ari", "macro_f1", "head", "medium", "tail")
+
+
+# ---------------------------------------------------------------------------------------------- the loss
+
+
+def swapped_prediction_loss(logits: Tensor, plans: Tensor) -> Tensor:
+    """``Σ_{a≠b} mean_i -Σ_k plans[b, i, k] log softmax(logits[a])[i, k]`` for (V, B, K) logits and plans.
+
+    The plans are not renormalised, so a row weighs by its transported mass.
+    """
+    if logits.shape != plans.shape or logits.dim() != 3:
+        raise LongtailError(f"logits and plans must both be (views, B, K); got {tuple(logits.shape)} and "
+                            f"{tuple(plans.shape)}.")
+    log_probs = F.log_softmax(logits, dim=-1)
+    other_views = plans.sum(dim=0, keepdim=True) - plans
+    return -(other_views * log_probs).sum(dim=-1).mean(dim=-1).sum()
+
+
+@register_loss(LOSS_NAME)
+class SwappedPredictionLoss(nn.Module):
+    """Swapped-prediction soft cross-entropy over the views stacked in ``output.logits`` (V·B, K), view-major,
+    with ``targets`` the (V·B, K) transport plans of the same rows (see :func:`swapped_prediction_loss`).
+
+    ``class_counts`` is accepted for the loss registry's interface and never used (clustering has no labels).
+    ``rho`` (set by the method each step) normalises the logged selection score ``parts['normalized']``.
+    """
+
+    def __init__(self, class_counts: Sequence[int] | None = None, views: int = VIEWS) -> None:
+        super().__init__()
+        if views < 2:
+            raise LongtailError(f"Swapped prediction needs at least 2 views; got views={views}.")
+        self.views = views
+        self.rho = 1.0
+        self.parts: dict[str, Tensor] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing depends on the epoch here (the method ramps rho)."""
+
+    def forward(self, output: ModelOutput, targets: Tensor) -> Tensor:
+        logits = output.logits.float()
+        if targets.shape != logits.shape or logits.shape[0] % self.views:
+            raise LongtailError(
+                f"'{LOSS_NAME}' needs (views·B, K) logits and transport plans of the same shape with "
+                f"views={self.views}; got logits {tuple(logits.shape)} and targets {tuple(targets.shape)}."
+            )
+        shape = (self.views, logits.shape[0] // self.views, logits.shape[1])
+        loss = swapped_prediction_loss(logits.view(shape), targets.float().view(shape))
+        self.parts = {
+            "normalized": loss.detach() / self.rho,
+            "mass": targets.detach().sum(dim=1).mean().float(),
+            "rho": torch.tensor(self.rho),
+        }
+        return loss
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+class LogitsBank(nn.Module):
+    """FIFO of the detached logits and dataset indices of the last pushed rows (``capacity`` rows), kept in
+    buffers so that checkpoints carry it."""
+
+    def __init__(self, capacity: int, num_clusters: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.register_buffer("logits", torch.zeros(capacity, num_clusters))
+        self.register_buffer("indices", torch.full((capacity,), -1, dtype=torch.int64))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("position", torch.zeros((), dtype=torch.int64))
+
+    def contents(self) -> tuple[Tensor, Tensor]:
+        """The stored logits (R, K) and indices (R,), oldest first."""
+        filled, position = int(self.filled), int(self.position)
+        if filled < self.capacity:
+            return self.logits[:filled], self.indices[:filled]
+        return self.logits.roll(-position, dims=0), self.indices.roll(-position, dims=0)
+
+    @torch.no_grad()
+    def push(self, logits: Tensor, indices: Tensor) -> None:
+        """Append rows, dropping the oldest beyond ``capacity``."""
+        if self.capacity == 0:
+            return
+        logits, indices = logits[-self.capacity:], indices[-self.capacity:]
+        slots = (int(self.position) + torch.arange(logits.shape[0], device=self.logits.device)) % self.capacity
+        self.logits.index_copy_(0, slots, logits.detach().to(self.logits.dtype))
+        self.indices.index_copy_(0, slots, indices.to(self.indices.device))
+        self.position.fill_((int(self.position) + logits.shape[0]) % self.capacity)
+        self.filled.fill_(min(int(self.filled) + logits.shape[0], self.capacity))
+
+
+class SemanticGraph(nn.Module):
+    """The k-NN Gaussian graph of the training set (each row's ``k`` neighbours and weights), in buffers."""
+
+    def __init__(self, num_rows: int, k: int) -> None:
+        super().__init__()
+        self.register_buffer("neighbours", torch.zeros(num_rows, k, dtype=torch.int64))
+        self.register_buffer("weights", torch.zeros(num_rows, k))
+        self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def store(self, graph: scipy.sparse.csr_matrix) -> None:
+        rows, k = self.neighbours.shape
+        if graph.shape != (rows, rows) or graph.nnz != rows * k:
+            raise LongtailError(f"Expected a ({rows}, {rows}) graph with {k} neighbours a row; got {graph.shape}, "
+                                f"{graph.nnz} entries.")
+        self.neighbours.copy_(torch.from_numpy(graph.indices.reshape(rows, k).astype(np.int64)))
+        self.weights.copy_(torch.from_numpy(graph.data.reshape(rows, k)))
+        self.ready.fill_(True)
+
+    def to_scipy(self) -> scipy.sparse.csr_matrix:
+        rows, k = self.neighbours.shape
+        indptr = np.arange(0, rows * k + 1, k)
+        return scipy.sparse.csr_matrix(
+            (self.weights.cpu().double().numpy().ravel(), self.neighbours.cpu().numpy().ravel(), indptr),
+            shape=(rows, rows),
+        )
+
+
+class TimmFeatures(nn.Module):
+    """A timm model built with ``num_classes=0``: its output is the pooled features."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+
+class ClusteringNetwork(Network):
+    """Backbone features -> cosine head with K outputs; ``memory`` (the logits bank) and ``graph`` (SP²OT)."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_clusters: int, logit_scale: float,
+                 bank_rows: int, input_size: int | None = None, graph_rows: int = 0, graph_k: int = 0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.input_size = input_size
+        self.head = CosineHead(num_features, num_clusters, scale=logit_scale)
+        self.memory = LogitsBank(bank_rows, num_clusters)
+        self.graph = SemanticGraph(graph_rows, graph_k) if graph_rows else None
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        if self.input_size is not None and images.shape[-1] != self.input_size:
+            images = F.interpolate(images, size=self.input_size, mode="bicubic", align_corners=False)
+        return self.backbone.forward_features(images)
+
+    def forward(self, images: Tensor) -> ModelOutput:
+        features = self.forward_features(images)
+        return ModelOutput(logits=self.head(features), features=features)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+    def replace_heads(self, fn: Callable[[nn.Module], nn.Module]) -> None:
+        self.head = fn(self.head)
+
+    def last_block(self) -> nn.Module:
+        """The backbone's last transformer block or last residual block."""
+        blocks = getattr(getattr(self.backbone, "model", None), "blocks", None)
+        if isinstance(blocks, nn.Sequential) and len(blocks):
+            return blocks[-1]
+        stages = [module for name, module in self.backbone.named_modules()
+                  if name.rsplit(".", 1)[-1] in ("layer1", "layer2", "layer3", "layer4")
+                  and isinstance(module, nn.Sequential)]
+        if not stages:
+            raise LongtailError(
+                f"Cannot find the last block of a {type(self.backbone).__name__} backbone (no ViT 'blocks' and no "
+                "ResNet 'layerN' stages); use method.args.trainable=all or head."
+            )
+        return stages[-1][-1]
+
+
+def build_backbone(model: ModelConfig) -> tuple[nn.Module, int]:
+    """The backbone (a module with ``forward_features``) and its feature width, from the ``model`` config."""
+    name = model.name
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        if model.activation is not None:
+            raise LongtailError("model.activation applies to registry models only, not to timm backbones.")
+        options = dict(model.args)
+        if options.get("pretrained"):
+            raise LongtailError("Backbone weights are never downloaded: instead of model.args.pretrained, set "
+                                "model.args.pretrained_path to a local file.")
+        path = options.pop("pretrained_path", None)
+        if path is not None:
+            path = Path(path).expanduser()
+            if not path.is_file():
+                raise LongtailError(f"Backbone weights not found at {path}; set model.args.pretrained_path to a "
+                                    "local file (weights are never downloaded).")
+            options.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        network = timm.create_model(name[len(TIMM_PREFIX):], num_classes=0, **options)
+        return TimmFeatures(network), network.num_features
+    network = longtail.models.create(name, num_classes=1, activation=model.activation,
+                                     activation_options=model.activation_options, **model.args)
+    heads = network.head_modules()
+    if len(heads) != 1 or not hasattr(heads[0], "in_features"):
+        raise LongtailError(f"Model '{name}' has {len(heads)} heads; a clustering backbone needs a single-head "
+                            "model (e.g. resnet32, resnet50) or a timm model 'timm:<name>'.")
+    num_features = heads[0].in_features
+    network.replace_heads(lambda head: nn.Identity())
+    return network, num_features
+
+
+# ---------------------------------------------------------------------------------------------- the method
+
+
+def _gather_rows(rows: Tensor) -> tuple[Tensor, int]:
+    """Every process's rows concatenated in rank order, and where this process's rows start."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows, 0
+    parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, rows.contiguous())
+    return torch.cat(parts), dist.get_rank() * rows.shape[0]
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@register_method("p2ot")
+class P2OT(Method):
+    """P²OT / SP²OT self-labelling (see the module docstring).
+
+    ``method.args``: ``transport`` ('p2ot' or 'sp2ot'); ``num_clusters`` (default: the class count);
+    ``trainable`` ('last_block', 'head', 'all'); ``logit_scale`` of the cosine head; ``input_size`` (images
+    are resized, bicubic, before the backbone); ``bank_batches``; the ramp ``rho_start``, ``rho_end``,
+    ``rho_ramp`` ('sigmoid', 'linear'), ``ramp_unit`` ('step', 'epoch'); the transport's ``epsilon``, ``lam``,
+    ``tol``, ``max_iter`` (``semi_relaxed=False`` with ``rho_start = rho_end = 1`` is balanced Sinkhorn
+    self-labelling, SeLa). SP²OT only: ``knn`` (20) and ``sigma`` (2) of the graph, ``structure_weight``
+    (1000) and ``reference_rows`` (5,120; the weight scales with rows / reference_rows, see
+    ``longtail.clustering.sppot``), ``mm_max_iter`` (100), ``mm_tol`` (1e-6) and ``inner_tol`` (1e-10).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        info: Any,
+        transport: str = "p2ot",
+        num_clusters: int | None = None,
+        trainable: str = "last_block",
+        logit_scale: float = 10.0,
+        input_size: int | None = None,
+        bank_batches: int = 10,
+        rho_start: float = 0.1,
+        rho_end: float = 1.0,
+        rho_ramp: str = "sigmoid",
+        ramp_unit: str = "step",
+        epsilon: float = 0.1,
+        lam: float = 1.0,
+        tol: float = 1e-6,
+        max_iter: int = 1000,
+        semi_relaxed: bool = True,
+        knn: int = 20,
+        sigma: float = 2.0,
+        structure_weight: float = 1000.0,
+        reference_rows: int | None = 5120,
+        mm_max_iter: int = 100,
+        mm_tol: float = 1e-6,
+        inner_tol: float = 1e-10,
+    ) -> None:
+        super().__init__(config, info)
+        self.transport = transport
+        self.num_clusters = info.num_classes if num_clusters is None else num_clusters
+        self.trainable = trainable
+        self.logit_scale = logit_scale
+        self.input_size = input_size
+        self.bank_batches = bank_batches
+        self.rho_start, self.rho_end, self.ramp_kind, self.ramp_unit = rho_start, rho_end, rho_ramp, ramp_unit
+        self.knn, self.sigma = knn, sigma
+        self._check_settings(info, semi_relaxed)
+        if transport == "p2ot":
+            self.solver: P2OTSolver | SP2OTSolver = P2OTSolver(
+                rho_start, epsilon=epsilon, lam=lam, tol=tol, max_iter=max_iter, semi_relaxed=semi_relaxed)
+        else:
+            self.solver = SP2OTSolver(
+                rho_start, epsilon=epsilon, lam=lam, structure_weight=structure_weight,
+                reference_rows=reference_rows, max_iter=mm_max_iter, tol=mm_tol, inner_tol=inner_tol,
+                inner_max_iter=max_iter)
+        self._graph: scipy.sparse.csr_matrix | None = None
+        self._stage_epochs = config.schedule.epochs
+        self._epoch, self._step_in_epoch = -1, 0
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_settings(self, info: Any, semi_relaxed: bool) -> None:
+        if self.transport not in TRANSPORTS:
+            raise unknown_name_error("transport", self.transport, TRANSPORTS)
+        if self.trainable not in TRAINABLE:
+            raise unknown_name_error("trainable selector", self.trainable, TRAINABLE)
+        if self.ramp_unit not in RAMP_UNITS:
+            raise unknown_name_error("ramp unit", self.ramp_unit, RAMP_UNITS)
+        if self.ramp_kind not in RAMPS:
+            raise unknown_name_error("rho ramp", self.ramp_kind, RAMPS)
+        config = self.config
+        rules = [
+            (self.num_clusters == info.num_classes,
+             f"method.args.num_clusters={self.num_clusters} but the data has {info.num_classes} classes; the "
+             "trainer's report needs one cluster per class (for an iNat subset, pass data.args.list_root=<the "
+             "folder written by `longtail cluster --inat-subset N`>)"),
+            (config.data.two_views, "it trains on two views of every image: set data.two_views=true"),
+            (config.data.sampler == "instance",
+             f"data.sampler='{config.data.sampler}' draws by label; clustering must use data.sampler=instance"),
+            (config.data.val_per_class == 0,
+             "the trainer would choose the best epoch by labelled validation accuracy: set data.val_per_class=0 "
+             "(selection is label-free, by the logged loss_normalized)"),
+            (config.loss.name == LOSS_NAME, f"set loss.name={LOSS_NAME} (got '{config.loss.name}')"),
+            (config.optim.sam_rho == 0, "SAM would solve the transport twice per step: set optim.sam_rho=0"),
+            (self.bank_batches >= 0, f"method.args.bank_batches must be >= 0, got {self.bank_batches}"),
+            (0 < self.rho_start <= 1 and 0 < self.rho_end <= 1,
+             f"rho_start and rho_end must lie in (0, 1]; got {self.rho_start}, {self.rho_end}"),
+            (semi_relaxed or self.transport == "p2ot", "semi_relaxed=false is an option of transport=p2ot only"),
+            (self.trainable == "all" or config.model.args.get("pretrained_path") is not None,
+             f"trainable='{self.trainable}' freezes a randomly initialised backbone: set "
+             "model.args.pretrained_path=<local weights> or method.args.trainable=all"),
+        ]
+        for holds, problem in rules:
+            if not holds:
+                raise LongtailError(f"Method '{config.method.name}': {problem}.")
+
+    # ------------------------------------------------------------------ model and stages
+
+    def build_model(self) -> ClusteringNetwork:
+        backbone, num_features = build_backbone(self.config.model)
+        graph = {"graph_rows": self.info.num_train, "graph_k": self.knn} if self.transport == "sp2ot" else {}
+        return ClusteringNetwork(backbone, num_features, self.num_clusters, self.logit_scale,
+                                 bank_rows=self.bank_batches * self.config.data.batch_size,
+                                 input_size=self.input_size, **graph)
+
+    def stages(self) -> list[Stage]:
+        main, *extra = super().stages()
+        return [dataclasses.replace(main, trainable=self.trainable), *extra]
+
+    def prepare_stage(self, stage: Stage, model: nn.Module) -> None:
+        super().prepare_stage(stage, model)
+        self._stage_epochs = stage.epochs
+        self._epoch, self._step_in_epoch = -1, 0
+
+    def trainable_parameters(self, stage: Stage, model: nn.Module) -> list[nn.Parameter]:
+        if stage.trainable != "last_block":
+            return super().trainable_parameters(stage, model)
+        network = unwrap(model)
+        return [*network.head.parameters(), *network.last_block().parameters()]
+
+    # ------------------------------------------------------------------ training
+
+    def progress(self, epoch: int) -> float:
+        """Training progress t/T in [0, 1] of the coming step (counts the calls within an epoch)."""
+        if epoch != self._epoch:
+            self._epoch, self._step_in_epoch = epoch, 0
+        if self.ramp_unit == "epoch":
+            return epoch / max(self._stage_epochs - 1, 1)
+        steps = self.steps_per_epoch()
+        return min((epoch * steps + self._step_in_epoch) / (self._stage_epochs * steps), 1.0)
+
+    def steps_per_epoch(self) -> int:
+        """Optimisation steps per epoch of the instance sampler with drop_last (as the trainer's loader)."""
+        world = _world_size()
+        per_process = math.ceil(self.info.num_train / world)
+        return max(per_process // max(self.config.data.batch_size // world, 1), 1)
+
+    def rho(self, epoch: int) -> float:
+        return ramp_value(self.progress(epoch), self.rho_start, self.rho_end, self.ramp_kind)
+
+    def training_step(
+        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+    ) -> tuple[Tensor, ModelOutput]:
+        if batch.strong is None:
+            raise LongtailError(f"Method '{self.config.method.name}' needs two views (Batch.strong); set "
+                                "data.two_views=true.")
+        network = unwrap(model)
+        rho = self.rho(epoch)
+        output = model(torch.cat([batch.images, batch.strong]))
+        logits = output.logits.float()
+        views = logits.detach().view(VIEWS, len(batch), -1)
+        with torch.autocast(logits.device.type, enabled=False):
+            plans = self.pseudo_labels(network, views, batch.indices, rho)
+        criterion.rho = rho
+        loss = criterion(ModelOutput(logits=logits), plans.flatten(0, 1))
+        network.memory.push(_gather_rows(views[0])[0], _gather_rows(batch.indices)[0])
+        self._step_in_epoch += 1
+        return loss, output
+
+    @torch.no_grad()
+    def pseudo_labels(self, network: ClusteringNetwork, views: Tensor, indices: Tensor, rho: float) -> Tensor:
+        """The plan rows (V, B, K) of this process's batch, one transport per view over ``[bank; view]``."""
+        bank_logits, bank_indices = network.memory.contents()
+        all_indices, start = _gather_rows(indices)
+        rows = torch.cat([bank_indices, all_indices])
+        self.solver.rho = rho
+        plans = []
+        for view in views:
+            all_view, _ = _gather_rows(view)
+            plan = self.solve(network, torch.cat([bank_logits, all_view]), rows)
+            batch_rows = plan[plan.shape[0] - all_view.shape[0]:]
+            plans.append(batch_rows[start:start + view.shape[0]])
+        return torch.stack(plans).to(views.dtype)
+
+    def solve(self, network: ClusteringNetwork, logits: Tensor, indices: Tensor) -> Tensor:
+        """The plan (N, K) scaled by N for the rows ``logits`` with dataset ``indices``."""
+        if self.transport == "p2ot":
+            return self.solver(logits)
+        if not bool(network.graph.ready):
+            graph = knn_similarity(training_set_features(network, self.config), k=self.knn, sigma=self.sigma)
+            network.graph.store(graph)
+        if self._graph is None:
+            self._graph = network.graph.to_scipy()
+        return self.solver(logits, restrict(self._graph, indices))
+
+    # ------------------------------------------------------------------ evaluation
+
+    def extra_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Clustering metrics of a head (``cluster_acc``, ``cluster_nmi``, ...; see ``CLUSTER_METRICS``) from
+        its confusion matrix: cluster ids are the argmax of the logits, matched to classes by the Hungarian
+        algorithm for the accuracies."""
+        return {f"cluster_{key}": value for key, value in confusion_cluster_metrics(
+            np.asarray(metrics["confusion"]), metrics["train_counts"]).items()}
+
+
+def confusion_cluster_metrics(confusion: np.ndarray, train_counts: Sequence[int]) -> dict[str, float]:
+    """``CLUSTER_METRICS`` of the predictions summarised by ``confusion`` (rows: class, columns: cluster)."""
+    classes, clusters = np.nonzero(confusion)
+    counts = confusion[classes, clusters]
+    found = clustering_metrics(np.repeat(clusters, counts), np.repeat(classes, counts), train_counts,
+                               confusion.shape[0])
+    return {key: found[key] for key in CLUSTER_METRICS}
+
+
+@torch.no_grad()
+def training_set_features(network: ClusteringNetwork, config: RunConfig) -> Tensor:
+    """Backbone features (N, D) of the training split, unaugmented, in dataset order (on the CPU)."""
+    from longtail.data import create_loader
+    from longtail.engine.evaluate import eval_mode
+    from longtail.engine.trainer import create_datasets_for
+
+    train = create_datasets_for(config).train
+    device = next(network.parameters()).device
+    loader = create_loader(train, batch_size=config.data.eval_batch_size, train=False, augment="none",
+                           device=device, num_workers=config.data.num_workers)
+    features: Tensor | None = None
+    with eval_mode(network), torch.autocast(device.type, enabled=False):
+        for batch in loader:
+            rows = network.forward_features(batch.images).float().cpu()
+            if features is None:
+                features = torch.empty(len(train), rows.shape[1])
+            features[batch.indices.cpu()] = rows
+    return features
+
+
+# ---------------------------------------------------------------------------------------------- iNat subsets
+
+
+def inat_subset_classes(train_targets: np.ndarray | Sequence[int], num_classes: int) -> np.ndarray:
+    """The iNaturalist 2018 classes of the papers' iNature100/500/1000 subsets, in new-label order.
+
+    Classes are sorted by training count (descending, ties by class id); each subset size of
+    ``INAT_SUBSET_SIZES`` keeps every ``previous // size``-th class of the previous subset, the first ``size``.
+    """
+    if num_classes not in INAT_SUBSET_SIZES[1:]:
+        sizes = ", ".join(map(str, INAT_SUBSET_SIZES[1:]))
+        raise LongtailError(f"iNat subsets have {sizes} classes; got {num_classes}.")
+    counts = np.bincount(np.asarray(train_targets, dtype=np.int64))
+    if len(counts) != INAT_SUBSET_SIZES[0]:
+        raise LongtailError(f"The iNat 2018 training list has {len(counts)} classes; expected {INAT_SUBSET_SIZES[0]}.")
+    selected = np.argsort(-counts, kind="stable")
+    for previous, size in zip(INAT_SUBSET_SIZES, INAT_SUBSET_SIZES[1:]):
+        selected = selected[:: previous // size][:size]
+        if size == num_classes:
+            return selected
+    raise AssertionError("unreachable: num_classes was checked against INAT_SUBSET_SIZES")
+
+
+def write_inat_subset_lists(list_root: str | Path, out_dir: str | Path, num_classes: int) -> Path:
+    """Write ``iNaturalist18_train.txt`` / ``iNaturalist18_val.txt`` of a subset (labels renumbered by
+    :func:`inat_subset_classes`) into ``out_dir``; use it as ``data.args.list_root`` of dataset ``inat2018``."""
+    from longtail.data.lists import INAT2018
+    from longtail.data.sources import read_file_list
+
+    list_root, out_dir = Path(list_root), Path(out_dir)
+    train, val = read_file_list(list_root / INAT2018.train), read_file_list(list_root / INAT2018.test)
+    classes = inat_subset_classes(train.targets, num_classes)
+    new_label = np.full(INAT_SUBSET_SIZES[0], -1, dtype=np.int64)
+    new_label[classes] = np.arange(num_classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for file_list, name in ((train, INAT2018.train), (val, INAT2018.test)):
+        labels = new_label[file_list.targets]
+        lines = [f"{path} {label}\n" for path, label in zip(file_list.relative_paths, labels) if label >= 0]
+        (out_dir / name).write_text("".join(lines))
+    return out_dir
