@@ -1,7 +1,8 @@
 """Batched augmentation of uint8 image tensors, on whatever device the images are on.
 
 A batch is augmented as a whole: random crop with zero padding and horizontal flip are one gather
-(``crop_flip``), rotation one ``grid_sample``, Cutout one mask. AutoAugment and RandAugment are per-image
+(``crop_flip``), rotation one ``grid_sample``, colour jitter a few per-image blends (``color_jitter``), Cutout
+one mask. AutoAugment and RandAugment are per-image
 random in torchvision; here each image draws its own sub-policy, probabilities and signs exactly as
 ``torchvision.transforms.v2.AutoAugment`` / ``RandAugment`` do, and the images that drew the same
 operation with the same magnitude are transformed together by torchvision's own operation code (the
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from longtail.data.threads import intra_op_threads
 from longtail.errors import LongtailError, unknown_name_error
@@ -34,7 +36,9 @@ POLICIES = ("autoaugment", "randaugment")
 class AugmentSpec:
     """What to do to a training image. ``crop``: random crop of the original size after zero ``padding``
     (streamed images: RandomResizedCrop); ``rotation``: maximum angle in degrees; ``policy``: None,
-    'autoaugment' or 'randaugment'; ``cutout``: side of the erased square in pixels (0: off)."""
+    'autoaugment' or 'randaugment'; ``cutout``: side of the erased square in pixels (0: off);
+    ``color_jitter``: (brightness, contrast, saturation, hue) strengths as torchvision's ``ColorJitter``,
+    applied after the flip (None: off)."""
 
     crop: bool = True
     padding: int = 4
@@ -44,10 +48,19 @@ class AugmentSpec:
     cutout: int = 0
     randaugment_ops: int = 2
     randaugment_magnitude: int = 9
+    color_jitter: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.policy is not None and self.policy not in POLICIES:
             raise unknown_name_error("augmentation policy", self.policy, POLICIES)
+        if self.color_jitter is not None:
+            jitter = tuple(float(value) for value in self.color_jitter)
+            if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+                raise LongtailError(
+                    "color_jitter must be 4 non-negative numbers (brightness, contrast, saturation, hue), hue "
+                    f"at most 0.5, got {self.color_jitter!r}."
+                )
+            object.__setattr__(self, "color_jitter", jitter)
 
 
 AUGMENTATIONS = {
@@ -108,6 +121,46 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None, f
     inside_x = (torch.arange(w) >= centre_x - size // 2) & (torch.arange(w) < centre_x + size // 2)
     mask = (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1)
     return images.masked_fill(mask.to(images.device), fill)
+
+
+def color_jitter(
+    images: torch.Tensor, strengths: Sequence[float], generator: torch.Generator | None
+) -> torch.Tensor:
+    """torchvision's ``ColorJitter(brightness, contrast, saturation, hue)`` with its own factors per image:
+    brightness, contrast and saturation factors uniform in [max(0, 1 - s), 1 + s], the hue shift uniform in
+    [-h, h]. Unlike torchvision the four run in this fixed order (one batched op each, not a random order)."""
+    brightness, contrast, saturation, hue = strengths
+    b = len(images)
+    dtype = images.dtype
+    out = images.float() / 255.0 if dtype == torch.uint8 else images.float()
+
+    def factors(strength: float) -> torch.Tensor:
+        low = max(0.0, 1.0 - strength)
+        drawn = low + torch.rand(b, generator=generator) * (1.0 + strength - low)
+        return drawn.view(b, 1, 1, 1).to(out.device)
+
+    if brightness:
+        out = (out * factors(brightness)).clamp_(0, 1)
+    if contrast:
+        mean = _grayscale(out).mean(dim=(1, 2, 3), keepdim=True)
+        out = _blend(out, mean, factors(contrast))
+    if saturation:
+        out = _blend(out, _grayscale(out), factors(saturation))
+    if hue:
+        shifts = ((torch.rand(b, generator=generator) * 2 - 1) * hue).view(b, 1, 1).to(out.device)
+        hsv = _rgb_to_hsv(out)
+        hsv[:, 0] = (hsv[:, 0] + shifts) % 1.0
+        out = _hsv_to_rgb(hsv)
+    return out.mul_(255).round_().clamp_(0, 255).to(dtype) if dtype == torch.uint8 else out
+
+
+def _grayscale(images: torch.Tensor) -> torch.Tensor:
+    r, g, b = images.unbind(dim=1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor * images + (1 - factor) * other).clamp_(0, 1)
 
 
 def normalise(
@@ -205,7 +258,8 @@ class GroupedPolicy:
 
 
 class BatchAugment:
-    """uint8 (B, 3, H, W) batch -> augmented, normalised float32 batch: crop+flip, rotation, policy, Cutout."""
+    """uint8 (B, 3, H, W) batch -> augmented, normalised float32 batch: crop+flip, colour jitter, rotation,
+    policy, Cutout."""
 
     def __init__(
         self,
@@ -232,6 +286,8 @@ class BatchAugment:
         spec = self.spec
         if spec.crop or spec.flip:
             images = crop_flip(images, spec.padding if spec.crop else 0, spec.flip, generator)
+        if spec.color_jitter is not None:
+            images = color_jitter(images, spec.color_jitter, generator)
         if spec.rotation:
             images = rotate(images, spec.rotation, generator)
         if self.policy is not None:

@@ -87,6 +87,8 @@ def create_datasets(
     selection: str = "shuffle",
     seed: int = 0,
     val_per_class: int | None = None,
+    meta_file: str | Path | list[str | Path] | None = None,
+    meta_locations: str | Path | list[str | Path] | None = None,
     **kwargs: Any,
 ) -> DatasetSplits:
     """The train / validation / test splits of long-tailed dataset ``name`` and its DatasetInfo.
@@ -97,6 +99,8 @@ def create_datasets(
     LDAM-DRW/RIDE with numpy seed ``seed``; 'first': SHIKE). ``val_per_class``: images per class carved
     from the training data for validation (see ``longtail.data.splits``); None means the dataset's
     official validation list where it has one (ImageNet-LT, Places-LT) and no validation split otherwise.
+    ``meta_file`` (and, for iNaturalist JSONs, ``meta_locations``; paths relative to the data root or the
+    working directory) attaches per-image meta-information to every split (``longtail.data.meta_splits``).
     Other keyword arguments go to the dataset's builder (e.g. ``download``, ``image_root``, ``image_size``).
     """
     builder = DATASETS.get(name)
@@ -108,8 +112,10 @@ def create_datasets(
     _check_options(name, builder, kwargs)
     if val_per_class is not None and val_per_class < 0:
         raise LongtailError(f"val_per_class must be >= 0, got {val_per_class}.")
+    if meta_locations is not None and meta_file is None:
+        raise LongtailError("meta_locations is given without meta_file; set meta_file to the annotation JSON(s).")
     root_path = Path(root).expanduser() if root is not None else default_data_root()
-    return builder(
+    splits = builder(
         root_path,
         imbalance=imbalance,
         profile=profile,
@@ -118,6 +124,11 @@ def create_datasets(
         val_per_class=val_per_class,
         **kwargs,
     )
+    if meta_file is not None:
+        from longtail.data.meta_splits import attach_meta, read_meta_tables
+
+        attach_meta(splits, read_meta_tables(meta_file, meta_locations, root_path), root_path)
+    return splits
 
 
 def _check_options(name: str, builder: Any, options: dict[str, Any]) -> None:

@@ -44,6 +44,8 @@ def file_transform(
         steps = [v2.Resize(round(image_size / RESIZE_RATIO), antialias=True), v2.CenterCrop(image_size)]
     if spec.flip:
         steps.append(v2.RandomHorizontalFlip())
+    if spec.color_jitter is not None:
+        steps.append(v2.ColorJitter(*spec.color_jitter))
     if spec.rotation:
         steps.append(v2.RandomRotation(spec.rotation))
     if spec.policy == "autoaugment":

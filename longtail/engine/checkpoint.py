@@ -83,7 +83,8 @@ class TrainedModel:
 
 
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
-    """The model of a run directory or checkpoint file, in eval mode (EMA weights when the run kept them).
+    """The model of a run directory or checkpoint file, in eval mode (EMA weights when the run kept them and
+    ``train.ema_eval`` is on).
 
     Every stage up to the checkpoint's is prepared first, so modules that a stage adds exist before the
     weights are loaded. Any longtail checkpoint can serve as a teacher this way.
@@ -98,5 +99,41 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     model = method.build_model()
     for stage in method.stages()[: state["stage"] + 1]:
         method.prepare_stage(stage, model)
-    model.load_state_dict(state.get("ema") or state["model"])
+    ema = state.get("ema") if config.train.ema_eval else None
+    model.load_state_dict(ema or state["model"])
     return TrainedModel(model=model.to(device).eval(), method=method, config=config, info=info, state=state)
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Start ``model`` from the weights at ``path`` (``model.init_checkpoint``): a longtail run directory or
+    checkpoint (its EMA weights when it kept them), or a file holding a state dict (or ``{'model': ...}`` /
+    ``{'state_dict': ...}``). Tensors whose name or shape does not match (a classifier for other classes) are
+    skipped and their names returned; a file sharing no tensor with the model is an error."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        loaded: Any = load_checkpoint(path)
+    elif path.is_file():
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise LongtailError(f"model.init_checkpoint {path} does not exist; give a run directory or a .pt file.")
+    if isinstance(loaded, dict) and "config" in loaded and "model" in loaded:
+        weights = loaded.get("ema") or loaded["model"]
+    else:
+        weights = _state_dict_in(loaded, path)
+    own = model.state_dict()
+    matching = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise LongtailError(
+            f"model.init_checkpoint {path} shares no weight (name and shape) with model '{type(model).__name__}'."
+        )
+    model.load_state_dict(matching, strict=False)
+    return sorted(set(own) - set(matching))
+
+
+def _state_dict_in(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("model", "state_dict"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise LongtailError(f"model.init_checkpoint {path} holds no state dict of tensors.")
+    return {key.removeprefix("module."): value for key, value in loaded.items()}

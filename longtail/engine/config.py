@@ -63,6 +63,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "resnet32"
     activation: str | None = None
+    activation_options: dict[str, Any] = field(default_factory=dict)  # e.g. per_channel, lambda_grad (aglu)
     init_checkpoint: str | None = None  # weights to start from (a longtail checkpoint or a state dict)
     args: dict[str, Any] = field(default_factory=dict)
 
@@ -122,7 +123,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
     channels_last: bool = False
     compile: bool = False
-    ema_decay: float = 0.0  # > 0 keeps an EMA of the weights, used for validation and the report
+    ema_decay: float = 0.0  # > 0 keeps an EMA of the weights
+    ema_eval: bool = True  # validate and report the EMA weights when there is an EMA (else the raw ones)
     eval_every: int = 1
     progress: bool = True
     log_every: int = 20  # steps between TensorBoard step scalars
@@ -132,6 +134,7 @@ class TrainConfig:
 class EvalConfig:
     tau_norm: float | None = None  # post-hoc tau-normalisation of the classifier, also reported
     logit_adjust_tau: float | None = None  # post-hoc logit adjustment, also reported
+    iif: bool = False  # post-hoc IIF adjustment (+ log((N - n_c) / n_c), the APA reference's), also reported
 
 
 @dataclass

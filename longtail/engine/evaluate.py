@@ -19,13 +19,16 @@ from longtail.evaluation.report import write_results
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SUMMARY_KEYS = ("top1", "top5", "many", "medium", "few")
+OPTIONAL_SUMMARY_KEYS = ("head", "mid", "tail")  # DeiT-LT's rank groups, from ``Method.extra_metrics``
 
 
 class Evaluator:
     """Predicts with ``method.predict`` over a dataset in file order and scores every head.
 
-    Heads are ``main`` (``output.logits``), ``expert_<k>``, ``<name>`` for ``output.aux['<name>_logits']``,
-    and the post-hoc corrections asked for in ``config.eval``: ``tau_norm`` and ``logit_adjusted``.
+    Heads are ``main`` (``output.logits``), ``expert_<k>``, ``<name>`` for ``output.aux['<name>_logits']``
+    (``no_meta`` for a model given meta-information), and the post-hoc corrections asked for in
+    ``config.eval``: ``tau_norm``, ``logit_adjusted`` and ``iif``. Each head's metrics include the method's
+    ``extra_metrics``.
     """
 
     def __init__(self, config: RunConfig, method: Any, info: Any, device: torch.device, context: DistContext) -> None:
@@ -69,7 +72,10 @@ class Evaluator:
         with eval_mode(model):
             for batch in self.loader(dataset):
                 with self.autocast():
-                    output = self.method.predict(model, batch.images)
+                    if batch.meta:
+                        output = self.method.predict(model, batch.images, batch.meta)
+                    else:
+                        output = self.method.predict(model, batch.images)
                 for name, logits in output_heads(output).items():
                     chunks.setdefault(name, []).append(logits.float())
                 targets.append(batch.targets)
@@ -87,7 +93,8 @@ class Evaluator:
         heads, targets = self.predictions(model, dataset)
         heads.update(self._posthoc(model, dataset, heads["main"]))
         many, few = self.info.shot_thresholds
-        return evaluate_heads(heads, targets, self.info.train_counts, many=many, few=few)
+        results = evaluate_heads(heads, targets, self.info.train_counts, many=many, few=few)
+        return {name: {**metrics, **self.method.extra_metrics(metrics)} for name, metrics in results.items()}
 
     def _posthoc(self, model: nn.Module, dataset: Any, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         settings = self.config.eval
@@ -100,6 +107,10 @@ class Evaluator:
             from longtail.evaluation.posthoc import posthoc_logit_adjust
 
             variants["logit_adjusted"] = posthoc_logit_adjust(logits, self.info.train_counts, settings.logit_adjust_tau)
+        if settings.iif:
+            from longtail.evaluation.posthoc import posthoc_iif
+
+            variants["iif"] = posthoc_iif(logits, self.info.train_counts)
         return variants
 
 
@@ -111,7 +122,10 @@ def _in_order(rows: torch.Tensor, order: torch.Tensor, size: int) -> torch.Tenso
 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The headline numbers of every head (for summary.json)."""
-    return {head: {key: metrics[key] for key in SUMMARY_KEYS} for head, metrics in results.items()}
+    return {
+        head: {key: metrics[key] for key in SUMMARY_KEYS + OPTIONAL_SUMMARY_KEYS if key in metrics}
+        for head, metrics in results.items()
+    }
 
 
 def table_rows(prefix: str, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

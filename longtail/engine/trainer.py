@@ -135,6 +135,8 @@ class Trainer:
         self.info = self.splits.info
         self.method: Method = create_method(config, self.info)
         self.model = self.method.build_model().to(self.device)
+        if config.model.init_checkpoint is not None:
+            self._load_initial_weights(config.model.init_checkpoint)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method.setup(self.device)
@@ -148,6 +150,12 @@ class Trainer:
             dump(config, run_dir / "config.yaml")
 
     # ------------------------------------------------------------------ set-up
+
+    def _load_initial_weights(self, path: str) -> None:
+        fresh = ckpt.load_initial_weights(self.model, path)
+        if fresh and self.context.is_main:
+            shown = ", ".join(fresh[:6]) + (f" and {len(fresh) - 6} more" if len(fresh) > 6 else "")
+            tqdm.write(f"model.init_checkpoint: {path} has no matching weights for {shown}; they start fresh.")
 
     def _check_precision(self) -> torch.dtype | None:
         precision = self.config.train.precision
@@ -269,6 +277,8 @@ class Trainer:
             seed_everything(derived_seed(self.config.train.seed, global_epoch, self.context.rank))
             run.loader.set_epoch(global_epoch)
             run.criterion.set_epoch(epoch)
+            if hasattr(self.model, "set_epoch"):
+                self.model.set_epoch(epoch)
             record = {"stage": stage.name, "epoch": global_epoch + 1, "stage_epoch": epoch + 1}
             record.update(self._train_epoch(run, epoch, global_epoch))
             if self._should_validate(epoch, stage):
@@ -409,7 +419,9 @@ class Trainer:
         return self.splits.val is not None and ((epoch + 1) % every == 0 or epoch + 1 == stage.epochs)
 
     def _eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+        if self.ema is not None and self.config.train.ema_eval:
+            return self.ema.module
+        return self.model
 
     def _validate(self, stage_index: int, global_epoch: int) -> dict[str, float]:
         model = self._eval_model()

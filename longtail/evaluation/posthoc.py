@@ -4,6 +4,9 @@
   ICLR 2020): w_c <- w_c / ||w_c||^tau for every class row of the classifier weight; tau = 0 leaves it as
   is, tau = 1 gives unit-norm rows. (``longtail.models.heads.tau_normalize`` applies it to a model's head.)
 - logit adjustment (Menon et al., ICLR 2021): z_c - tau * log pi_c (``posthoc_logit_adjust``).
+- IIF (inverse image frequency) adjustment, the APA reference's post-processing (kostas1515/AGLU ``IIFLoss``
+  with ``infer=True``, its default 'rel' variant): z_c + log((N - n_c) / n_c), N = sum_c n_c
+  (``posthoc_iif``).
 - ``select_tau``: the tau of a grid with the best mean per-class accuracy on held-out data (never the test set).
 """
 
@@ -27,6 +30,18 @@ def tau_normalized_weight(weight: torch.Tensor, tau: float = 1.0) -> torch.Tenso
     return weight / norms.pow(tau).view(-1, *([1] * (weight.dim() - 1)))
 
 
+def posthoc_iif(logits: torch.Tensor, class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """``logits + log((N - n_c) / n_c)`` with n_c the training count of class c and N their sum."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    if counts.dim() != 1 or len(counts) != logits.shape[-1] or (counts <= 0).any():
+        raise LongtailError(
+            f"IIF needs one positive training count per class ({logits.shape[-1]}), got {len(counts)} counts."
+        )
+    if len(counts) < 2:
+        raise LongtailError("IIF needs at least two classes.")
+    return logits + torch.log((counts.sum() - counts) / counts).to(logits)
+
+
 def select_tau(
     logits_for_tau: Callable[[float], torch.Tensor],
     targets: torch.Tensor,
@@ -47,4 +62,4 @@ def select_tau(
     return best, scores
 
 
-__all__ = ["DEFAULT_TAUS", "posthoc_logit_adjust", "select_tau", "tau_normalized_weight"]
+__all__ = ["DEFAULT_TAUS", "posthoc_iif", "posthoc_logit_adjust", "select_tau", "tau_normalized_weight"]

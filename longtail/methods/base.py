@@ -15,9 +15,15 @@ What the trainer calls, in order:
 3. Every step: ``training_step(model, batch, criterion, epoch) -> (loss, output)``; ``epoch`` is 0-based
    within the stage, ``model`` may be wrapped by DDP / torch.compile (use ``unwrap(model)`` to reach
    attributes such as ``head_modules()``), the call runs under autocast.
-4. Evaluation: ``predict(model, images) -> ModelOutput`` (no grad, eval mode). Reports score
+4. Evaluation: ``predict(model, images[, meta]) -> ModelOutput`` (no grad, eval mode; ``meta`` only when the
+   batch has meta-information). Reports score
    ``output.logits`` and, beside it, every expert of ``output.expert_logits`` and every (B, C) entry
    ``aux['<name>_logits']`` (``longtail.evaluation.metrics.output_heads``), e.g. DeiT's CLS and DIST heads.
+   ``extra_metrics(metrics)`` adds method-specific numbers to each head's metrics (e.g. DeiT-LT's
+   Head / Mid / Tail accuracies).
+
+Models whose ``forward`` takes ``meta`` (MetaFG) get ``meta=batch.meta`` in the default ``training_step``
+and ``predict``; the trainer calls ``model.set_epoch(epoch)`` before each epoch when the model has it.
 """
 
 from __future__ import annotations
@@ -74,7 +80,11 @@ class Method:
     def build_model(self) -> nn.Module:
         model = self.config.model
         return longtail.models.create(
-            model.name, num_classes=self.info.num_classes, activation=model.activation, **model.args
+            model.name,
+            num_classes=self.info.num_classes,
+            activation=model.activation,
+            activation_options=model.activation_options,
+            **model.args,
         )
 
     def build_loss(self, loss: LossConfig) -> nn.Module:
@@ -135,11 +145,40 @@ class Method:
     def training_step(
         self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
     ) -> tuple[torch.Tensor, ModelOutput]:
-        output = model(batch.images)
+        output = self.forward(model, batch.images, batch.meta)
         return criterion(output, batch.targets), output
 
-    def predict(self, model: nn.Module, images: torch.Tensor) -> ModelOutput:
+    def predict(
+        self, model: nn.Module, images: torch.Tensor, meta: dict[str, torch.Tensor] | None = None
+    ) -> ModelOutput:
+        """The model's output; for a model that takes meta-information and is given some, also its logits
+        without it as ``aux['no_meta_logits']`` (reported as the ``no_meta`` head)."""
+        output = self.forward(model, images, meta)
+        if meta and accepts_meta(model):
+            output.aux["no_meta_logits"] = model(images).logits
+        return output
+
+    def forward(self, model: nn.Module, images: torch.Tensor, meta: dict[str, torch.Tensor] | None) -> ModelOutput:
+        """``model(images, meta=meta)`` for models that take meta-information and are given some, else
+        ``model(images)``."""
+        if meta and accepts_meta(model):
+            return model(images, meta=meta)
         return model(images)
+
+    def extra_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Method-specific numbers computed from one head's ``evaluate`` result, merged into it."""
+        return {}
+
+
+_ACCEPTS_META: dict[type, bool] = {}
+
+
+def accepts_meta(model: nn.Module) -> bool:
+    """Whether the (unwrapped) model's ``forward`` has a ``meta`` parameter; inspected once per class."""
+    cls = type(unwrap(model))
+    if cls not in _ACCEPTS_META:
+        _ACCEPTS_META[cls] = "meta" in inspect.signature(cls.forward).parameters
+    return _ACCEPTS_META[cls]
 
 
 def unwrap(model: nn.Module) -> nn.Module:

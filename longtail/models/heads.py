@@ -1,8 +1,12 @@
-"""Classifier heads: linear, cosine, tau-normalised and LWS.
+"""Classifier heads: linear, cosine, CosNorm, tau-normalised and LWS.
 
 - ``linear``: z = W f + b.
 - ``cosine`` (the ``NormedLinear`` of LDAM/RIDE/SHIKE/MDCS): z_c = s · cos(f, w_c) = s · (f/‖f‖)·(w_c/‖w_c‖),
   scale s = 30 by default, optionally learnable.
+- ``cosnorm`` (the ``CosNorm_Classifier`` of OLTR, used by the APA reference kostas1515/AGLU as
+  ``lr_cosine``): z_c = s² · (‖f‖ / (1 + ‖f‖)) · (f/‖f‖)·(w_c/‖w_c‖) = s² · f·(w_c/‖w_c‖) / (1 + ‖f‖): the
+  feature is squashed to a norm below 1 instead of normalised; s learnable, initialised to 5 (s² = 25), W
+  uniform in ±1/√d. With ``learnable_scale=False`` s is fixed (the reference's fixed 16 is s = 4).
 - ``tau_norm`` (Kang et al., "Decoupling Representation and Classifier for Long-Tailed Recognition",
   ICLR 2020): z_c = (w_c / ‖w_c‖^τ) · f + b_c, applied post hoc to a trained linear head (τ = 0 is the
   linear head itself, τ = 1 makes every class weight unit-norm). The bias is kept unchanged.
@@ -49,6 +53,32 @@ class CosineHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         cosine = F.linear(F.normalize(features, dim=1), F.normalize(self.weight, dim=1))
         return cosine * self.scale
+
+    def extra_repr(self) -> str:
+        learnable = isinstance(self.scale, nn.Parameter)
+        scale = float(self.scale.detach()) if learnable else self.scale
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, scale={scale:g}, learnable={learnable}"
+
+
+class CosNormHead(nn.Module):
+    """z = scale² · f / (1 + ‖f‖) · normalize(W)^T, W of shape (num_classes, in_features), no bias."""
+
+    def __init__(self, in_features: int, num_classes: int, scale: float = 5.0, learnable_scale: bool = True) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        bound = in_features**-0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        if learnable_scale:
+            self.scale = nn.Parameter(torch.tensor(float(scale)))
+        else:
+            self.scale = float(scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # f/(1+‖f‖) equals (‖f‖/(1+‖f‖))·f/‖f‖ and stays finite at f = 0
+        squashed = features / (1 + features.norm(dim=1, keepdim=True))
+        return F.linear(squashed, F.normalize(self.weight, dim=1)) * self.scale**2
 
     def extra_repr(self) -> str:
         learnable = isinstance(self.scale, nn.Parameter)
@@ -123,6 +153,7 @@ def _lws_head(in_features: int, num_classes: int, bias: bool = True) -> LWSHead:
 _HEADS: dict[str, Callable[..., nn.Module]] = {
     "linear": _linear_head,
     "cosine": CosineHead,
+    "cosnorm": CosNormHead,
     "tau_norm": TauNormHead,
     "lws": _lws_head,
 }
@@ -133,9 +164,11 @@ def head_kinds() -> list[str]:
 
 
 def create_head(kind: str, in_features: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """A fresh head of ``kind`` ('linear', 'cosine', 'tau_norm', 'lws') mapping in_features -> num_classes.
+    """A fresh head of ``kind`` ('linear', 'cosine', 'cosnorm', 'tau_norm', 'lws') mapping in_features ->
+    num_classes.
 
-    Options: linear/tau_norm/lws ``bias``; cosine ``scale`` (30) and ``learnable_scale``; tau_norm ``tau``.
+    Options: linear/tau_norm/lws ``bias``; cosine ``scale`` (30) and ``learnable_scale``; cosnorm ``scale``
+    (5, squared) and ``learnable_scale`` (True); tau_norm ``tau``.
     """
     if kind not in _HEADS:
         raise unknown_name_error("head", kind, _HEADS)

@@ -14,15 +14,24 @@ MODELS = Registry("model")
 register_model = MODELS.register
 
 
-def create(name: str, num_classes: int, activation: str | None = None, **kwargs: Any) -> nn.Module:
-    """Build model ``name``; ``activation`` (e.g. 'aglu') replaces every activation of the model."""
+def create(
+    name: str,
+    num_classes: int,
+    activation: str | None = None,
+    activation_options: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build model ``name``; ``activation`` (e.g. 'aglu') replaces every activation of the model, with
+    ``activation_options`` (e.g. ``per_channel``, ``lambda_grad``) passed to ``replace_activations``."""
     factory = MODELS.get(name)
     _check_kwargs(name, factory, kwargs)
+    if activation_options and activation is None:
+        raise LongtailError("activation_options are given but no activation; set model.activation (e.g. aglu).")
     model = factory(num_classes=num_classes, **kwargs)
     if activation is not None:
         from longtail.models.activations import replace_activations
 
-        replace_activations(model, activation)
+        replace_activations(model, activation, **(activation_options or {}))
     return model
 
 
