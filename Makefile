@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/longtail train --recipe digits-ce
+	$(VENV)/bin/longtail train --recipe digits-ride
 
 test: $(STAMP)
 	$(PY) -m pytest -q

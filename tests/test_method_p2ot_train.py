@@ -65,6 +65,19 @@ def test_cluster_trains_and_reports_the_clustering_metrics(p2ot_run):
     assert report["cluster_nmi"] == pytest.approx(metrics["nmi"])
 
 
+def test_the_epoch_with_the_lowest_normalised_loss_is_kept_and_reported_as_best(p2ot_run):
+    run_dir, printed = p2ot_run
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    lowest = min(records, key=lambda record: record["loss_normalized"])
+    assert load_checkpoint(run_dir / "best.pt")["best"]["epoch"] == lowest["epoch"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_epoch"] == lowest["epoch"] and summary["best_metric_name"] == "-loss_normalized"
+    assert summary["best_metric"] == pytest.approx(-lowest["loss_normalized"])
+    assert "best_test" in summary and "best test" in printed
+    best = json.loads((run_dir / "clustering.json").read_text())["best test"]
+    assert all(0.0 <= best[key] <= 1.0 for key in METRICS)
+
+
 def test_the_checkpoint_carries_the_logits_bank(p2ot_run):
     run_dir, _ = p2ot_run
     model = load_checkpoint(run_dir / "checkpoint.pt")["model"]

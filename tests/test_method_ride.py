@@ -10,6 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import longtail.models
+from longtail.cli.main import main as cli_main
 from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
 from longtail.engine.config import RunConfig, apply_overrides, from_dict, list_recipes, parse_overrides, resolve
 from longtail.engine.trainer import train
@@ -236,6 +237,27 @@ def test_ride_run_with_router_stage_changes_no_backbone_weight(tmp_path, monkeyp
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [record["stage"] for record in log] == ["train", "router"]
     assert {"main", "all_experts", "expert_0"} <= set(summary["last_test"])
+
+
+@pytest.mark.slow
+def test_routed_run_reports_experts_and_gmacs_per_image_and_eval_can_change_the_threshold(tmp_path, capsys):
+    summary = train(tiny_config(), tmp_path)
+    for split in ("last_val", "last_test"):
+        main_head = summary[split]["main"]
+        assert 1.0 <= main_head["experts"] <= 3.0
+        assert main_head["gmacs"] > 0.0
+        assert "experts" not in summary[split]["all_experts"]
+    assert summary["table"].splitlines()[0].split()[-2:] == ["experts", "gmacs"]
+
+    capsys.readouterr()
+    assert cli_main(["eval", str(tmp_path), "method.args.router_threshold=0.0", "--split", "test"]) == 0
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    experts = header.split().index("experts") - len(header.split())
+    main_rows = [row.split() for row in rows if row.startswith(("last test ", "best test "))]
+    main_rows = [cells for cells in main_rows if cells[2][0].isdigit()]  # not 'expert_0', 'all_experts'
+    assert len(main_rows) == 2 and all(cells[experts] == "3" for cells in main_rows)  # threshold 0: every expert
+    assert cli_main(["eval", str(tmp_path), "method.args.router_hidden_dim=4"]) == 2
+    assert "do not fit the model" in capsys.readouterr().err
 
 
 @pytest.mark.slow

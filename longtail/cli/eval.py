@@ -2,7 +2,8 @@
 
 A run directory is evaluated with its last weights and, when it has them, its best-validation weights; a
 checkpoint file with its own weights. ``key=value`` arguments change the evaluation settings (post-hoc
-``eval.tau_norm`` / ``eval.logit_adjust_tau``, ``data.root``, ``data.eval_batch_size``, ``train.device``, ...).
+``eval.tau_norm`` / ``eval.logit_adjust_tau``, ``data.root``, ``data.eval_batch_size``, ``train.device``, ...)
+and method options that only act at prediction (e.g. RIDE's ``method.args.router_threshold=0.3``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 from longtail.engine.config import apply_overrides, from_dict, parse_overrides
 from longtail.errors import LongtailError
 
-ALLOWED_PREFIXES = ("eval.", "data.root", "data.eval_batch_size", "data.num_workers", "train.device", "train.precision")
+ALLOWED_PREFIXES = (
+    "eval.", "data.root", "data.eval_batch_size", "data.num_workers", "train.device", "train.precision", "method.args."
+)
 SPLITS = ("val", "test")
 
 
@@ -29,9 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from longtail.engine import checkpoint as ckpt
     from longtail.engine.distributed import DistContext
-    from longtail.engine.evaluate import Evaluator, table_rows, write_split_report
+    from longtail.engine.evaluate import Evaluator, format_table, table_rows, write_split_report
     from longtail.engine.trainer import create_datasets_for, resolve_device
-    from longtail.evaluation.report import format_shot_table
 
     weights = _weights(args.path)
     state = ckpt.load_checkpoint(next(iter(weights.values())))
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     splits = create_datasets_for(config)
     rows = {}
     for which, path in weights.items():
-        trained = ckpt.load_trained_model(path, device)
+        trained = ckpt.load_trained_model(path, device, config)
         evaluator = Evaluator(config, trained.method, splits.info, device, DistContext())
         for split in SPLITS if args.split == "both" else (args.split,):
             dataset = getattr(splits, split)
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{name}: {plot}")
     if not rows:
         raise LongtailError(f"{config.data.name} has no {args.split} split to evaluate.")
-    print(format_shot_table(rows))
+    print(format_table(rows))
     return 0
 
 

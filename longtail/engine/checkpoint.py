@@ -1,8 +1,9 @@
 """Checkpoints: written atomically, read back into a model for evaluation, prediction or as a teacher.
 
 A run directory holds ``checkpoint.pt`` (the state after the last finished epoch: model, optimiser,
-scheduler, grad scaler, EMA, stage and epoch, best validation metric; rewritten every epoch) and
-``best.pt`` (the evaluation weights of the epoch with the best validation top-1 in the last stage).
+scheduler, grad scaler, EMA, stage and epoch, best selection score; rewritten every epoch) and
+``best.pt`` (the evaluation weights of the epoch with the best validation top-1 in the last stage, or the
+best ``Method.selection_score`` where the method has one).
 Randomness needs no saved state: every epoch reseeds from (seed, epoch, rank) and the loader draws its
 order and augmentations from the same triple, so a resumed epoch replays exactly.
 """
@@ -82,17 +83,22 @@ class TrainedModel:
     state: dict[str, Any]
 
 
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
+def load_trained_model(
+    path: str | Path, device: torch.device | str = "cpu", config: RunConfig | None = None
+) -> TrainedModel:
     """The model of a run directory or checkpoint file, in eval mode (EMA weights when the run kept them and
     ``train.ema_eval`` is on).
 
     Every stage up to the checkpoint's is prepared first, so modules that a stage adds exist before the
-    weights are loaded. Any longtail checkpoint can serve as a teacher this way.
+    weights are loaded. Any longtail checkpoint can serve as a teacher this way. ``config`` replaces the
+    checkpoint's (evaluation-time settings such as RIDE's ``method.args.router_threshold``); its model must
+    fit the stored weights.
     """
     from longtail.methods.base import create_method
 
     state = load_checkpoint(Path(path))
-    config = from_dict(state["config"])
+    overridden = config is not None
+    config = config if overridden else from_dict(state["config"])
     info = info_from_dict(state["info"])
     method = create_method(config, info)
     torch.manual_seed(config.train.seed)
@@ -100,7 +106,13 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     for stage in method.stages()[: state["stage"] + 1]:
         method.prepare_stage(stage, model)
     ema = state.get("ema") if config.train.ema_eval else None
-    model.load_state_dict(ema or state["model"])
+    try:
+        model.load_state_dict(ema or state["model"])
+    except RuntimeError:
+        if not overridden:
+            raise
+        raise LongtailError(f"The weights in {path} do not fit the model of the changed settings; change only "
+                            "settings that leave the model as it was trained.") from None
     return TrainedModel(model=model.to(device).eval(), method=method, config=config, info=info, state=state)
 
 

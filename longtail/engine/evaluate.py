@@ -4,7 +4,8 @@ metrics of every head, results.json and the per-class plot."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,23 @@ from longtail.engine.config import RunConfig
 from longtail.engine.distributed import DistContext, all_gather_rows
 from longtail.evaluation.metrics import evaluate_heads, output_heads
 from longtail.evaluation.plot import plot_per_class_accuracy
-from longtail.evaluation.report import write_results
+from longtail.evaluation.report import format_shot_table, write_results
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SUMMARY_KEYS = ("top1", "top5", "many", "medium", "few")
 OPTIONAL_SUMMARY_KEYS = ("head", "mid", "tail")  # DeiT-LT's rank groups, from ``Method.extra_metrics``
+PER_IMAGE_SUFFIX = "_per_image"
+PER_IMAGE_KEYS = "per_image_keys"  # names of the main head's per-image averages, e.g. ['experts', 'gmacs']
+
+
+@dataclass
+class Predictions:
+    """One pass over a split, in dataset order: every head's logits (N, C), the targets (N,) and every
+    per-image number (N,) the method reported as ``output.aux['<name>_per_image']``."""
+
+    heads: dict[str, torch.Tensor]
+    targets: torch.Tensor
+    per_image: dict[str, torch.Tensor]
 
 
 class Evaluator:
@@ -28,7 +41,8 @@ class Evaluator:
     Heads are ``main`` (``output.logits``), ``expert_<k>``, ``<name>`` for ``output.aux['<name>_logits']``
     (``no_meta`` for a model given meta-information), and the post-hoc corrections asked for in
     ``config.eval``: ``tau_norm``, ``logit_adjusted`` and ``iif``. Each head's metrics include the method's
-    ``extra_metrics``.
+    ``extra_metrics``. Every (B,) entry ``aux['<name>_per_image']`` (RIDE's ``experts_per_image``,
+    ``gmacs_per_image``) is averaged over the split into the main head's metrics as ``<name>``.
     """
 
     def __init__(self, config: RunConfig, method: Any, info: Any, device: torch.device, context: DistContext) -> None:
@@ -60,14 +74,20 @@ class Evaluator:
             channels_last=self.config.train.channels_last,
         )
 
-    @torch.no_grad()
     def predictions(self, model: nn.Module, dataset: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Every head's logits (N, C) on the CPU and the targets (N,), in dataset order.
+        """Every head's logits (N, C) on the CPU and the targets (N,), in dataset order."""
+        found = self.collect(model, dataset)
+        return found.heads, found.targets
+
+    @torch.no_grad()
+    def collect(self, model: nn.Module, dataset: Any) -> Predictions:
+        """The heads, targets and per-image numbers of ``model`` on ``dataset``, on the CPU, in dataset order.
 
         Under DDP each process predicts its shard; the rows are gathered and put back in dataset order by
         ``batch.indices``.
         """
         chunks: dict[str, list[torch.Tensor]] = {}
+        per_image: dict[str, list[torch.Tensor]] = {}
         targets, indices = [], []
         with eval_mode(model):
             for batch in self.loader(dataset):
@@ -78,23 +98,37 @@ class Evaluator:
                         output = self.method.predict(model, batch.images)
                 for name, logits in output_heads(output).items():
                     chunks.setdefault(name, []).append(logits.float())
+                for name, values in per_image_values(output).items():
+                    per_image.setdefault(name, []).append(values.float())
                 targets.append(batch.targets)
                 indices.append(batch.indices)
         order = self._gather(torch.cat(indices))
         size = len(dataset)
-        heads = {name: _in_order(self._gather(torch.cat(parts)), order, size) for name, parts in chunks.items()}
-        return heads, _in_order(self._gather(torch.cat(targets)), order, size)
+
+        def in_order(parts: list[torch.Tensor]) -> torch.Tensor:
+            return _in_order(self._gather(torch.cat(parts)), order, size)
+
+        return Predictions(
+            heads={name: in_order(parts) for name, parts in chunks.items()},
+            targets=in_order(targets),
+            per_image={name: in_order(parts) for name, parts in per_image.items()},
+        )
 
     def _gather(self, rows: torch.Tensor) -> torch.Tensor:
         return all_gather_rows(rows, self.context).cpu()
 
     def evaluate(self, model: nn.Module, dataset: Any) -> dict[str, dict[str, Any]]:
-        """Metrics of every head of ``model`` on ``dataset``, ``main`` first."""
-        heads, targets = self.predictions(model, dataset)
-        heads.update(self._posthoc(model, dataset, heads["main"]))
+        """Metrics of every head of ``model`` on ``dataset``, ``main`` first; the main head's include the
+        split's average of every per-image number (and their names under ``PER_IMAGE_KEYS``)."""
+        found = self.collect(model, dataset)
+        heads = {**found.heads, **self._posthoc(model, dataset, found.heads["main"])}
         many, few = self.info.shot_thresholds
-        results = evaluate_heads(heads, targets, self.info.train_counts, many=many, few=few)
-        return {name: {**metrics, **self.method.extra_metrics(metrics)} for name, metrics in results.items()}
+        results = evaluate_heads(heads, found.targets, self.info.train_counts, many=many, few=few)
+        results = {name: {**metrics, **self.method.extra_metrics(metrics)} for name, metrics in results.items()}
+        if found.per_image:
+            averages = {name: values.mean().item() for name, values in found.per_image.items()}
+            results["main"].update(averages, **{PER_IMAGE_KEYS: sorted(averages)})
+        return results
 
     def _posthoc(self, model: nn.Module, dataset: Any, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         settings = self.config.eval
@@ -114,6 +148,21 @@ class Evaluator:
         return variants
 
 
+def per_image_values(output: Any) -> dict[str, torch.Tensor]:
+    """``<name>`` -> the (B,) tensor ``output.aux['<name>_per_image']``, for every such entry."""
+    batch = output.logits.shape[0]
+    return {
+        key.removesuffix(PER_IMAGE_SUFFIX): value
+        for key, value in output.aux.items()
+        if key.endswith(PER_IMAGE_SUFFIX) and isinstance(value, torch.Tensor) and value.shape == (batch,)
+    }
+
+
+def per_image_averages(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The per-image averages among one head's metrics (only the main head has them)."""
+    return {name: metrics[name] for name in metrics.get(PER_IMAGE_KEYS, ())}
+
+
 def _in_order(rows: torch.Tensor, order: torch.Tensor, size: int) -> torch.Tensor:
     out = rows.new_zeros((size, *rows.shape[1:]))
     out[order] = rows
@@ -121,9 +170,12 @@ def _in_order(rows: torch.Tensor, order: torch.Tensor, size: int) -> torch.Tenso
 
 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The headline numbers of every head (for summary.json)."""
+    """The headline numbers of every head (for summary.json), with the main head's per-image averages."""
     return {
-        head: {key: metrics[key] for key in SUMMARY_KEYS + OPTIONAL_SUMMARY_KEYS if key in metrics}
+        head: {
+            **{key: metrics[key] for key in SUMMARY_KEYS + OPTIONAL_SUMMARY_KEYS if key in metrics},
+            **per_image_averages(metrics),
+        }
         for head, metrics in results.items()
     }
 
@@ -131,6 +183,24 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def table_rows(prefix: str, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Rows of the All / Many / Medium / Few table: the main head as ``prefix``, the others after it."""
     return {(prefix if head == "main" else f"{prefix} {head}"): metrics for head, metrics in results.items()}
+
+
+def format_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """The All / Many / Medium / Few table of ``rows`` (``format_shot_table``), with a column for each
+    per-image average any row has ('-' where a row has none)."""
+    table = format_shot_table(rows)
+    averages = [per_image_averages(metrics) for metrics in rows.values()]
+    names = sorted({name for row in averages for name in row})
+    if not names:
+        return table
+    cells = [names, *([f"{row[name]:.4g}" if name in row else "-" for name in names] for row in averages)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(names))]
+    lines = table.splitlines()
+    width = max(len(line) for line in lines)
+    return "\n".join(
+        "  ".join([line.ljust(width), *(cell.rjust(w) for cell, w in zip(extra, widths))])
+        for line, extra in zip(lines, cells, strict=True)
+    )
 
 
 def write_split_report(folder: Path, results: dict[str, dict[str, Any]], info: Any, extra: dict[str, Any]) -> Path:

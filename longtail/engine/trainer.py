@@ -4,8 +4,9 @@ schedule, mixed precision, SAM, EMA, DDP, exact resumption, logs, checkpoints an
 
 Per stage: freeze what the stage does not train, build optimiser / scheduler / loss / loader; per epoch:
 reseed from (seed, epoch, rank), train, validate, checkpoint. At the end the last weights and the best
-ones (validation top-1 within the last stage) are evaluated on the validation and the test split; the
-test split is never used to choose anything.
+ones (within the last stage, by ``Method.selection_score`` of the epoch's log record where the method gives
+one, e.g. P²OT's label-free loss, else by validation top-1) are evaluated on the validation and the test
+split; the test split is never used to choose anything.
 """
 
 from __future__ import annotations
@@ -29,17 +30,17 @@ from tqdm import tqdm
 from longtail.engine import checkpoint as ckpt
 from longtail.engine.config import RunConfig, differing_keys, dump
 from longtail.engine.distributed import all_reduce_sum, barrier, init_distributed, shutdown_distributed
-from longtail.engine.evaluate import PRECISIONS, Evaluator, summarize, table_rows, write_split_report
+from longtail.engine.evaluate import PRECISIONS, Evaluator, format_table, summarize, table_rows, write_split_report
 from longtail.engine.optim import SAM, build_optimizer, build_scheduler, check_schedule, frozen_batchnorm_stats
 from longtail.errors import LongtailError
 from longtail.evaluation.metrics import evaluate
-from longtail.evaluation.report import format_shot_table
 from longtail.methods.base import Method, Stage, create_method
 
 REPORT_DIR = "report"
 SUMMARY = "summary.json"
 LOG = "log.jsonl"
 STAGE_SEED_STREAM = 1_000_003  # separates the seeds of stage set-up from those of epochs
+VALIDATION_METRIC = "val_top1"
 
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
@@ -144,7 +145,7 @@ class Trainer:
         self._check_stages()
         self.evaluator = Evaluator(config, self.method, self.info, self.device, self.context)
         self.ema: Any = None
-        self.best: dict[str, Any] = {"metric": None, "epoch": None, "stage": None}
+        self.best: dict[str, Any] = no_best()
         self.log = RunLog(run_dir, enabled=self.context.is_main)
         if self.context.is_main:
             dump(config, run_dir / "config.yaml")
@@ -263,7 +264,7 @@ class Trainer:
             if index == start_stage:
                 self._run_stage(index, stage, offset, start_epoch, state)
             elif index > start_stage:
-                self.best = {"metric": None, "epoch": None, "stage": None}
+                self.best = no_best()
                 self._run_stage(index, stage, offset, 0, None)
             offset += stage.epochs
         summary = self._final_report()
@@ -282,7 +283,8 @@ class Trainer:
             record = {"stage": stage.name, "epoch": global_epoch + 1, "stage_epoch": epoch + 1}
             record.update(self._train_epoch(run, epoch, global_epoch))
             if self._should_validate(epoch, stage):
-                record.update(self._validate(index, global_epoch))
+                record.update(self._validate())
+            self._select(index, global_epoch, record)
             self.log.epoch(record)
             self._save_checkpoint(index, epoch + 1, run)
 
@@ -423,17 +425,26 @@ class Trainer:
             return self.ema.module
         return self.model
 
-    def _validate(self, stage_index: int, global_epoch: int) -> dict[str, float]:
-        model = self._eval_model()
-        heads, targets = self.evaluator.predictions(model, self.splits.val)
+    def _validate(self) -> dict[str, float]:
+        heads, targets = self.evaluator.predictions(self._eval_model(), self.splits.val)
         many, few = self.info.shot_thresholds
         main = evaluate(heads["main"], targets, self.info.train_counts, many=many, few=few)
-        metrics = {f"val_{key}": main[key] for key in ("top1", "many", "medium", "few") if main[key] is not None}
-        if self.best["metric"] is None or main["top1"] > self.best["metric"]:
-            self.best = {"metric": main["top1"], "epoch": global_epoch + 1, "stage": stage_index}
+        return {f"val_{key}": main[key] for key in ("top1", "many", "medium", "few") if main[key] is not None}
+
+    def _select(self, stage_index: int, global_epoch: int, record: dict[str, Any]) -> None:
+        """Keep the epoch's evaluation weights as ``best.pt`` when its score beats the stage's best so far:
+        the method's ``selection_score`` of ``record``, else the validation top-1 (none: nothing to select)."""
+        score = self.method.selection_score(record)
+        name = self.method.selection_name
+        if score is None:
+            score, name = record.get(VALIDATION_METRIC), VALIDATION_METRIC
+        if score is None:
+            return
+        if self.best["metric"] is None or score > self.best["metric"]:
+            self.best = {"metric": score, "name": name, "epoch": global_epoch + 1, "stage": stage_index}
             if self.context.is_main:
-                ckpt.save_atomic(self._state(stage_index, model.state_dict()), self.run_dir / ckpt.BEST)
-        return metrics
+                model_state = self._eval_model().state_dict()
+                ckpt.save_atomic(self._state(stage_index, model_state), self.run_dir / ckpt.BEST)
 
     def _state(self, stage: int, model_state: dict[str, torch.Tensor], **extra: Any) -> dict[str, Any]:
         return {
@@ -471,7 +482,11 @@ class Trainer:
         if (self.run_dir / ckpt.BEST).is_file():
             candidates["best"] = ckpt.load_trained_model(self.run_dir / ckpt.BEST, self.device).model
         epochs = {"last": sum(stage.epochs for stage in self.stages), "best": self.best["epoch"]}
-        summary: dict[str, Any] = {"best_epoch": self.best["epoch"], "best_val_top1": self.best["metric"]}
+        summary: dict[str, Any] = {
+            "best_epoch": self.best["epoch"],
+            "best_metric": self.best["metric"],
+            "best_metric_name": self.best.get("name"),
+        }
         rows: dict[str, dict[str, Any]] = {}
         plots: dict[str, str] = {}
         for which, model in candidates.items():
@@ -485,7 +500,7 @@ class Trainer:
                     extra = {"weights": which, "split": split, "epoch": epochs[which], "dataset": self.info.name}
                     folder = self.run_dir / REPORT_DIR / f"{which}_{split}"
                     plots[f"{which} {split}"] = str(write_split_report(folder, results, self.info, extra))
-        summary.update(table=format_shot_table(rows), plots=plots, expected=self.config.expected)
+        summary.update(table=format_table(rows), plots=plots, expected=self.config.expected)
         if self.context.is_main:
             (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
         return summary
@@ -493,6 +508,11 @@ class Trainer:
     def close(self) -> None:
         self.log.close()
         shutdown_distributed(self.context)
+
+
+def no_best() -> dict[str, Any]:
+    """The selection state of a stage before its first scored epoch."""
+    return {"metric": None, "name": None, "epoch": None, "stage": None}
 
 
 def frozen_modules(model: nn.Module) -> list[nn.Module]:

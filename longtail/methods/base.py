@@ -20,7 +20,11 @@ What the trainer calls, in order:
    ``output.logits`` and, beside it, every expert of ``output.expert_logits`` and every (B, C) entry
    ``aux['<name>_logits']`` (``longtail.evaluation.metrics.output_heads``), e.g. DeiT's CLS and DIST heads.
    ``extra_metrics(metrics)`` adds method-specific numbers to each head's metrics (e.g. DeiT-LT's
-   Head / Mid / Tail accuracies).
+   Head / Mid / Tail accuracies). Every (B,) entry ``aux['<name>_per_image']`` (RIDE's ``experts_per_image``)
+   is averaged over the split and reported beside the main head's metrics as ``<name>``.
+5. Selection: after each epoch, ``selection_score(record)`` of the epoch's log record (train loss and its
+   parts as ``loss_<part>``, validation metrics as ``val_<metric>`` when validated) chooses ``best.pt``
+   within the last stage, higher is better; None (the default) selects by validation top-1.
 
 Models whose ``forward`` takes ``meta`` (MetaFG) get ``meta=batch.meta`` in the default ``training_step``
 and ``predict``; the trainer calls ``model.set_epoch(epoch)`` before each epoch when the model has it.
@@ -72,6 +76,8 @@ class Stage:
 
 class Method:
     """Empirical risk minimisation: ``loss(model(images), targets)`` with the recipe's model and loss."""
+
+    selection_name = "selection_score"  # the summary's ``best_metric_name`` when ``selection_score`` is used
 
     def __init__(self, config: RunConfig, info: Any) -> None:
         self.config = config
@@ -168,6 +174,12 @@ class Method:
     def extra_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Method-specific numbers computed from one head's ``evaluate`` result, merged into it."""
         return {}
+
+    def selection_score(self, record: dict[str, Any]) -> float | None:
+        """The score (higher is better) by which the trainer chooses the best epoch from the epoch's log
+        ``record``, or None to choose by validation top-1. A method scores every record of a stage or none
+        (the two are not comparable)."""
+        return None
 
 
 _ACCEPTS_META: dict[type, bool] = {}

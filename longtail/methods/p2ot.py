@@ -44,12 +44,12 @@ Training objective, per step with a batch of B images, two augmented views ``v �
    step) or epochs (``'epoch'``, t/T = epoch / (epochs - 1)).
 
 Labels are never used: the loss sees the plans only, the sampler must be ``instance`` and no labelled
-validation split may exist (``data.val_per_class=0``), so the trainer cannot select an epoch by labelled
-accuracy. The label-free selection score is the loss divided by rho (``parts['normalized']``, logged as
-``loss_normalized``), the official "lowest training loss"; the reported model is the last one until the
-trainer can select by it. Prediction: cluster id = argmax of the head's logits; ``extra_metrics`` adds the
-clustering metrics (``cluster_acc``, ``cluster_nmi``, ... of ``CLUSTER_METRICS``) to every head of the
-trainer's report, computed from its confusion matrix.
+validation split may exist (``data.val_per_class=0``). The epoch is selected without labels, by the official
+"lowest training loss": the epoch with the lowest mean loss divided by rho (``parts['normalized']``, logged
+as ``loss_normalized``) is kept as ``best.pt`` (``selection_score`` = -loss_normalized), and the trainer's
+report and ``longtail cluster`` evaluate it beside the last weights. Prediction: cluster id = argmax of the
+head's logits; ``extra_metrics`` adds the clustering metrics (``cluster_acc``, ``cluster_nmi``, ... of
+``CLUSTER_METRICS``) to every head of the trainer's report, computed from its confusion matrix.
 
 Differences from the official code: the bank starts empty and fills during the first ``bank_batches``
 steps (the official code fills it with a forward pass before training); it keeps view-1 logits (the official
@@ -90,6 +90,7 @@ TRANSPORTS = ("p2ot", "sp2ot")
 TRAINABLE = ("last_block", "head", "all")
 RAMP_UNITS = ("step", "epoch")
 LOSS_NAME = "swapped-ce"
+NORMALIZED_PART = "normalized"  # the loss part of the label-free selection score, logged as loss_normalized
 VIEWS = 2
 INAT_SUBSET_SIZES = (8142, 2000, 1000, 500, 200, 100)
 CLUSTER_METRICS = ("acc", "mean_class_acc", "nmi", "ari", "macro_f1", "head", "medium", "tail")
@@ -141,7 +142,7 @@ class SwappedPredictionLoss(nn.Module):
         shape = (self.views, logits.shape[0] // self.views, logits.shape[1])
         loss = swapped_prediction_loss(logits.view(shape), targets.float().view(shape))
         self.parts = {
-            "normalized": loss.detach() / self.rho,
+            NORMALIZED_PART: loss.detach() / self.rho,
             "mass": targets.detach().sum(dim=1).mean().float(),
             "rho": torch.tensor(self.rho),
         }
@@ -315,7 +316,7 @@ def _world_size() -> int:
 
 @register_method("p2ot")
 class P2OT(Method):
-    """P²OT / SP²OT self-labelling (see the module docstring).
+    """P²OT / SP²OT self-labelling (see the module docstring); the best epoch has the lowest normalised loss.
 
     ``method.args``: ``transport`` ('p2ot' or 'sp2ot'); ``num_clusters`` (default: the class count);
     ``trainable`` ('last_block', 'head', 'all'); ``logit_scale`` of the cosine head; ``input_size`` (images
@@ -326,6 +327,8 @@ class P2OT(Method):
     (1000) and ``reference_rows`` (5,120; the weight scales with rows / reference_rows, see
     ``longtail.clustering.sppot``), ``mm_max_iter`` (100), ``mm_tol`` (1e-6) and ``inner_tol`` (1e-10).
     """
+
+    selection_name = "-loss_normalized"
 
     def __init__(
         self,
@@ -397,8 +400,8 @@ class P2OT(Method):
             (config.data.sampler == "instance",
              f"data.sampler='{config.data.sampler}' draws by label; clustering must use data.sampler=instance"),
             (config.data.val_per_class == 0,
-             "the trainer would choose the best epoch by labelled validation accuracy: set data.val_per_class=0 "
-             "(selection is label-free, by the logged loss_normalized)"),
+             "a labelled validation split would put labels into clustering: set data.val_per_class=0 "
+             "(the best epoch is selected without labels, by the logged loss_normalized)"),
             (config.loss.name == LOSS_NAME, f"set loss.name={LOSS_NAME} (got '{config.loss.name}')"),
             (config.optim.sam_rho == 0, "SAM would solve the transport twice per step: set optim.sam_rho=0"),
             (self.bank_batches >= 0, f"method.args.bank_batches must be >= 0, got {self.bank_batches}"),
@@ -503,6 +506,11 @@ class P2OT(Method):
         return self.solver(logits, restrict(self._graph, indices))
 
     # ------------------------------------------------------------------ evaluation
+
+    def selection_score(self, record: dict[str, Any]) -> float | None:
+        """Minus the epoch's mean normalised loss (``loss_normalized``); None for a stage with another loss."""
+        normalized = record.get(f"loss_{NORMALIZED_PART}")
+        return None if normalized is None else -normalized
 
     def extra_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Clustering metrics of a head (``cluster_acc``, ``cluster_nmi``, ...; see ``CLUSTER_METRICS``) from
