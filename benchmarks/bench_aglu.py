@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_step_times
 from torch import nn
 
 from longtail.models import create
@@ -95,15 +95,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = {activation: training_step(args, activation) for activation in args.activations}
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
-    times: dict[str, list[float]] = {activation: [] for activation in steps}
-    for _ in range(args.steps):
-        for activation, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[activation].append(time.perf_counter() - start)
+    times = interleaved_step_times(steps, args.warmup, args.steps)
     medians = {activation: statistics.median(values) * 1e3 for activation, values in times.items()}
     baseline = medians[args.activations[0]]
     print(

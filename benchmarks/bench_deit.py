@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_step_times
 
 from longtail.data.batch import Batch
 from longtail.engine.config import LossConfig, RunConfig
@@ -114,15 +114,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = {(name, mode): make_step(args, name, mode) for name in args.models for mode in args.modes}
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-    for _ in range(args.steps):
-        for key, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - start)
+    times = interleaved_step_times(steps, args.warmup, args.steps)
     print(
         f"batch {args.batch_size}, {args.size}x{args.size}, {args.num_classes} classes, {args.device}, amp {args.amp}, "
         f"{torch.get_num_threads()} threads, median of {args.steps} interleaved steps"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
-from longtail.errors import unknown_name_error
+from longtail.errors import LongtailError, closest, unknown_name_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,3 +41,22 @@ class Registry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def check_options(
+    owner: str, factory: Callable[..., Any], options: Iterable[str], reserved: Collection[str] = ()
+) -> None:
+    """Raise a LongtailError naming the ``options`` that ``factory`` does not take (suggesting the closest
+    valid one), unless it takes ``**kwargs``. ``owner`` starts the message (e.g. "Model 'resnet32'");
+    ``reserved`` are parameters the library fills in itself, so they are not listed as options."""
+    parameters = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    valid = [name for name in parameters if name not in reserved]
+    unknown = [option for option in options if option not in valid]
+    if unknown:
+        guess = closest(unknown[0], valid)
+        hint = f" Did you mean '{guess}'?" if guess else ""
+        raise LongtailError(
+            f"{owner} has no option {', '.join(map(repr, unknown))}.{hint} Valid options: {', '.join(valid) or 'none'}."
+        )

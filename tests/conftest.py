@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -47,8 +48,37 @@ def load_golden(golden):
     return load
 
 
+@pytest.fixture(scope="session")
+def golden_manifest(golden) -> dict:
+    """``../shared/golden/manifest.json``: the parameters of every golden fixture, by stem."""
+    return json.loads((golden / "manifest.json").read_text())
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny models gain nothing from a second, and OpenMP threads spin badly on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_digits_run() -> list[str]:
+    """Overrides that turn a digits recipe into a run of seconds: one epoch of 8x8 images, 2 validation
+    images per class."""
+    return [
+        "schedule.epochs=1",
+        "data.imbalance=100",
+        "data.val_per_class=2",
+        "data.batch_size=32",
+        "data.args.image_size=8",
+        "train.progress=false",
+    ]

@@ -3,8 +3,6 @@ cases, gradcheck of the fused function, bf16 stability, shapes, dtypes, layouts 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -18,10 +16,10 @@ GRADS = ("gx", "gl", "gk")
 
 
 @pytest.fixture(scope="module")
-def fixture(load_golden, golden):
+def fixture(load_golden, golden_manifest):
     arrays = load_golden("apa_aglu")
-    manifest = json.loads((golden / "manifest.json").read_text())
-    meta = next(entry for entry in manifest.values() if isinstance(entry, dict) and entry.get("file") == "apa_aglu.npz")
+    entries = (entry for entry in golden_manifest.values() if isinstance(entry, dict))
+    meta = next(entry for entry in entries if entry.get("file") == "apa_aglu.npz")
     return arrays, meta
 
 

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from sklearn.datasets import make_blobs
 
 from longtail.clustering.baselines import (
@@ -22,14 +21,8 @@ from longtail.errors import LongtailError
 SIZES = [60, 30, 15]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are small: one thread is fastest and immune to a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def blobs():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import ot
 import pytest
@@ -23,18 +21,7 @@ FIXTURES = ["ppot_N256_K10", "ppot_N512_K20"]
 RHOS = [0.1, 0.5, 1.0]
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are small: one thread is fastest and immune to a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-@pytest.fixture(scope="module")
-def manifest(golden):
-    return json.loads((golden / "manifest.json").read_text())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cost(data: dict, key: str = "logits") -> torch.Tensor:
@@ -44,8 +31,8 @@ def _cost(data: dict, key: str = "logits") -> torch.Tensor:
 @pytest.mark.shared
 @pytest.mark.parametrize("stem", FIXTURES)
 @pytest.mark.parametrize("rho", RHOS)
-def test_plan_b_and_iterations_match_official_float64(stem, rho, load_golden, manifest):
-    data, case = load_golden(stem), manifest[stem]["cases"][f"rho{rho}"]
+def test_plan_b_and_iterations_match_official_float64(stem, rho, load_golden, golden_manifest):
+    data, case = load_golden(stem), golden_manifest[stem]["cases"][f"rho{rho}"]
     result = partial_transport(_cost(data), rho)
     plan = result.plan.numpy()
     np.testing.assert_allclose(plan, data[f"Q_rho{rho}_f64"], rtol=0, atol=1e-10)
@@ -59,8 +46,8 @@ def test_plan_b_and_iterations_match_official_float64(stem, rho, load_golden, ma
 @pytest.mark.shared
 @pytest.mark.parametrize("stem", FIXTURES)
 @pytest.mark.parametrize("rho", RHOS)
-def test_official_float32_marginals_reproduce_official_plans(stem, rho, load_golden, manifest):
-    data, case = load_golden(stem), manifest[stem]["cases"][f"rho{rho}"]
+def test_official_float32_marginals_reproduce_official_plans(stem, rho, load_golden, golden_manifest):
+    data, case = load_golden(stem), golden_manifest[stem]["cases"][f"rho{rho}"]
     result = partial_transport(_cost(data), rho, marginals="official_f32")
     np.testing.assert_allclose(result.plan.float().numpy(), data[f"Q_rho{rho}"], rtol=0, atol=1e-7)
     assert result.iterations == case["iterations_asis"]
@@ -68,8 +55,8 @@ def test_official_float32_marginals_reproduce_official_plans(stem, rho, load_gol
 
 @pytest.mark.shared
 @pytest.mark.parametrize("stem", FIXTURES)
-def test_balanced_variant_matches_official(stem, load_golden, manifest):
-    data, case = load_golden(stem), manifest[stem]["cases"]["pot_rho0.5"]
+def test_balanced_variant_matches_official(stem, load_golden, golden_manifest):
+    data, case = load_golden(stem), golden_manifest[stem]["cases"]["pot_rho0.5"]
     exact = partial_transport(_cost(data), 0.5, semi_relaxed=False)
     np.testing.assert_allclose(exact.plan.numpy(), data["Q_pot_rho0.5_f64"], rtol=0, atol=1e-10)
     assert exact.iterations == case["iterations_f64"]
@@ -80,8 +67,8 @@ def test_balanced_variant_matches_official(stem, load_golden, manifest):
 
 @pytest.mark.shared
 @pytest.mark.parametrize("stem", FIXTURES)
-def test_warm_start_on_second_view_matches_official(stem, load_golden, manifest):
-    data, case = load_golden(stem), manifest[stem]["cases"]["warm_start_rho0.5"]
+def test_warm_start_on_second_view_matches_official(stem, load_golden, golden_manifest):
+    data, case = load_golden(stem), golden_manifest[stem]["cases"]["warm_start_rho0.5"]
     solver = P2OTSolver(0.5)
     solver.solve(torch.from_numpy(data["logits"]))
     warm = solver.solve(torch.from_numpy(data["logits_view2"]))

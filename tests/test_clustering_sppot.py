@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import scipy.sparse
@@ -17,18 +15,12 @@ STEM = "sppot_mmot_N128_K10"
 RHOS = [0.1, 0.5, 1.0]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are small: one thread is fastest and immune to a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
-def case_info(golden):
-    return json.loads((golden / "manifest.json").read_text())[STEM]
+def case_info(golden_manifest):
+    return golden_manifest[STEM]
 
 
 @pytest.fixture(scope="module")

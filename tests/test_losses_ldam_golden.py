@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -17,11 +15,6 @@ F64 = {"rtol": 1e-10, "atol": 1e-12}
 F32 = {"rtol": 1e-5, "atol": 1e-6}
 
 pytestmark = pytest.mark.shared
-
-
-@pytest.fixture(scope="module")
-def manifest(golden):
-    return json.loads((golden / "manifest.json").read_text())
 
 
 def _official_case(manifest, stem: str, case: str) -> tuple[int | None, int]:
@@ -41,9 +34,9 @@ def _run(loss: LDAMLoss, logits: np.ndarray, targets: np.ndarray, dtype: torch.d
 
 @pytest.mark.parametrize("stem", FIXTURES)
 @pytest.mark.parametrize("case", CASES)
-def test_ldam_module_matches_official_float64(load_golden, manifest, stem, case):
+def test_ldam_module_matches_official_float64(load_golden, golden_manifest, stem, case):
     g = load_golden(stem)
-    drw_epoch, epoch = _official_case(manifest, stem, case)
+    drw_epoch, epoch = _official_case(golden_manifest, stem, case)
     loss = LDAMLoss(g["cls_num_list"].tolist(), max_m=0.5, s=30, drw_epoch=drw_epoch)
     loss.set_epoch(epoch)
     value, grad, margin_logits = _run(loss, g["logits"], g["targets"], torch.float64)
@@ -61,9 +54,9 @@ def test_ldam_module_matches_official_float64(load_golden, manifest, stem, case)
 
 @pytest.mark.parametrize("stem", FIXTURES)
 @pytest.mark.parametrize("case", CASES)
-def test_ldam_module_matches_official_float32(load_golden, manifest, stem, case):
+def test_ldam_module_matches_official_float32(load_golden, golden_manifest, stem, case):
     g = load_golden(stem)
-    drw_epoch, epoch = _official_case(manifest, stem, case)
+    drw_epoch, epoch = _official_case(golden_manifest, stem, case)
     loss = LDAMLoss(g["cls_num_list"].tolist(), drw_epoch=drw_epoch)
     loss.set_epoch(epoch)
     value, grad, _ = _run(loss, g["logits"], g["targets"], torch.float32)

@@ -25,13 +25,7 @@ BASE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and OpenMP threads spin badly on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_method(*overrides: str, base: dict | None = None) -> MDCS:
@@ -149,22 +143,12 @@ def test_single_view_configs_and_batches_are_rejected():
 
 
 @pytest.mark.slow
-def test_mdcs_trains_through_the_trainer(tmp_path):
+def test_mdcs_trains_through_the_trainer(tmp_path, tiny_digits_run):
     from longtail.engine.checkpoint import load_trained_model
     from longtail.engine.config import resolve
     from longtail.engine.trainer import train
 
-    config = resolve(
-        "digits-mdcs",
-        [
-            "schedule.epochs=1",
-            "data.imbalance=100",
-            "data.val_per_class=2",
-            "data.batch_size=32",
-            "data.args.image_size=8",
-            "train.progress=false",
-        ],
-    )
+    config = resolve("digits-mdcs", tiny_digits_run)
     summary = train(config, tmp_path / "run")
 
     record = (tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1]

@@ -33,13 +33,7 @@ BASE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and OpenMP threads spin badly on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_method(*overrides: str, base: dict = BASE) -> SHIKE:
@@ -180,20 +174,12 @@ def test_later_stages_must_train_the_heads_only_and_the_model_must_have_two_head
 
 
 @pytest.mark.slow
-def test_stage2_through_the_trainer_reports_accuracy_before_and_after(tmp_path):
+def test_stage2_through_the_trainer_reports_accuracy_before_and_after(tmp_path, tiny_digits_run):
     from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
     from longtail.engine.config import resolve
     from longtail.engine.trainer import train
 
-    tiny = [
-        "schedule.epochs=1",
-        "data.imbalance=100",
-        "data.val_per_class=2",
-        "data.batch_size=32",
-        "data.args.image_size=8",
-        "train.progress=false",
-        "train.deterministic=true",
-    ]
+    tiny = [*tiny_digits_run, "train.deterministic=true"]
     stage1_only = train(resolve("digits-shike", [*tiny, "stages=[]"]), tmp_path / "stage1")
     both = train(resolve("digits-shike", [*tiny, "stages.0.epochs=1"]), tmp_path / "both")
 

@@ -11,13 +11,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from longtail.data.decode import open_rgb
+from longtail.data.labelled import LabelledImages
 
 
-class ImageFiles(Dataset):
-    """Images ``image_root / relative_paths[i]`` with labels ``targets``; items are ``(PIL image, label)``.
-
-    ``meta`` holds per-image tensors (first dimension N) by name; loaders put them in ``Batch.meta``.
-    """
+class ImageFiles(LabelledImages):
+    """Images ``image_root / relative_paths[i]`` with labels ``targets``; items are ``(PIL image, label)``."""
 
     def __init__(
         self,
@@ -30,38 +28,18 @@ class ImageFiles(Dataset):
         image_size: int,
         meta: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        super().__init__(targets, class_names, mean, std, image_size, meta)
         self.image_root = Path(image_root)
         self.relative_paths = np.asarray(relative_paths, dtype=object)
-        self.targets = np.asarray(targets, dtype=np.int64)
-        self.class_names = list(class_names)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.image_size = image_size
-        self.meta = dict(meta or {})
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def subset(self, positions: np.ndarray) -> ImageFiles:
-        return ImageFiles(
-            self.image_root,
-            self.relative_paths[positions],
-            self.targets[positions],
-            self.class_names,
-            self.mean,
-            self.std,
-            self.image_size,
-            {name: values[positions] for name, values in self.meta.items()},
-        )
+        return ImageFiles(self.image_root, self.relative_paths[positions], *self.labels_at(positions))
 
     def path(self, index: int) -> Path:
         return self.image_root / self.relative_paths[index]
 
     def load(self, index: int) -> Image.Image:
         return open_rgb(self.path(index))
-
-    def __len__(self) -> int:
-        return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return self.load(index), int(self.targets[index])

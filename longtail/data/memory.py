@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from longtail.data.cache import cached_array
 from longtail.data.decode import decode_files
+from longtail.data.labelled import LabelledImages
 
 
 class ArrayStore:
@@ -54,11 +54,8 @@ class DecodedFileStore:
 Store = ArrayStore | DecodedFileStore
 
 
-class InMemoryImages(Dataset):
-    """Images ``store[indices]`` with labels ``targets``; items are ``(uint8 (3, H, W) tensor, label)``.
-
-    ``meta`` holds per-image tensors (first dimension N) by name; loaders put them in ``Batch.meta``.
-    """
+class InMemoryImages(LabelledImages):
+    """Images ``store[indices]`` with labels ``targets``; items are ``(uint8 (3, H, W) tensor, label)``."""
 
     def __init__(
         self,
@@ -71,18 +68,10 @@ class InMemoryImages(Dataset):
         image_size: int,
         meta: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        super().__init__(targets, class_names, mean, std, image_size, meta)
         self.store = store
         self.source_indices = np.asarray(indices, dtype=np.int64)
-        self.targets = np.asarray(targets, dtype=np.int64)
-        self.class_names = list(class_names)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.image_size = image_size
-        self.meta = dict(meta or {})
         self._images: torch.Tensor | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     @property
     def images(self) -> torch.Tensor:
@@ -92,19 +81,7 @@ class InMemoryImages(Dataset):
 
     def subset(self, positions: np.ndarray) -> InMemoryImages:
         """The images at ``positions`` of this dataset, as a new dataset over the same store."""
-        return InMemoryImages(
-            self.store,
-            self.source_indices[positions],
-            self.targets[positions],
-            self.class_names,
-            self.mean,
-            self.std,
-            self.image_size,
-            {name: values[positions] for name, values in self.meta.items()},
-        )
-
-    def __len__(self) -> int:
-        return len(self.targets)
+        return InMemoryImages(self.store, self.source_indices[positions], *self.labels_at(positions))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.targets[index])

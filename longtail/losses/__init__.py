@@ -9,13 +9,11 @@ Baseline names: ``ce``, ``focal``, ``class_balanced``, ``ldam``, ``balanced_soft
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from longtail.errors import LongtailError, closest
 from longtail.losses.balanced_softmax import BalancedSoftmaxLoss, balanced_softmax_loss
 from longtail.losses.base import LongtailLoss, weighted_cross_entropy
 from longtail.losses.class_balanced import ClassBalancedLoss
@@ -25,20 +23,7 @@ from longtail.losses.ldam import LDAMLoss, ldam_loss, ldam_margin_logits
 from longtail.losses.logit_adjustment import LogitAdjustmentLoss, logit_adjusted_loss, posthoc_logit_adjust
 from longtail.losses.registry import LOSSES, register_loss
 from longtail.losses.weights import effective_number_weights, ldam_margins, log_class_prior
-
-
-def _check_options(name: str, factory: Any, options: dict[str, Any]) -> None:
-    parameters = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    valid = [p for p in parameters if p != "class_counts"]
-    for option in options:
-        if option not in parameters:
-            guess = closest(option, valid)
-            hint = f" Did you mean '{guess}'?" if guess else ""
-            raise LongtailError(
-                f"Unknown option '{option}' for loss '{name}'.{hint} Valid options: {', '.join(valid) or 'none'}."
-            )
+from longtail.registry import check_options
 
 
 def create(name: str, class_counts: Sequence[int], **kwargs: Any) -> nn.Module:
@@ -46,7 +31,7 @@ def create(name: str, class_counts: Sequence[int], **kwargs: Any) -> nn.Module:
     import longtail.methods  # noqa: F401  (registers the methods' losses)
 
     factory = LOSSES.get(name)
-    _check_options(name, factory, kwargs)
+    check_options(f"Loss '{name}'", factory, kwargs, reserved=("class_counts",))
     return factory(class_counts=class_counts, **kwargs)
 
 

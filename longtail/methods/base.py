@@ -44,9 +44,9 @@ from torch import nn
 import longtail.losses
 import longtail.models
 from longtail.engine.config import LossConfig, OptimConfig, RunConfig, ScheduleConfig, stage_optim, stage_schedule
-from longtail.errors import LongtailError, closest, unknown_name_error
+from longtail.errors import unknown_name_error
 from longtail.models.output import ModelOutput
-from longtail.registry import Registry
+from longtail.registry import Registry, check_options
 
 METHODS = Registry("method")
 register_method = METHODS.register
@@ -216,16 +216,7 @@ def create_method(config: RunConfig, info: Any) -> Method:
     _import_method_modules()
     factory = METHODS.get(config.method.name)
     options = config.method.args
-    parameters = inspect.signature(factory).parameters
-    valid = [name for name in parameters if name not in ("self", "config", "info")]
-    for option in options:
-        if option not in valid:
-            guess = closest(option, valid)
-            hint = f" Did you mean '{guess}'?" if guess else ""
-            raise LongtailError(
-                f"Method '{config.method.name}' has no option 'method.args.{option}'.{hint} "
-                f"Valid options: {', '.join(valid) or 'none'}."
-            )
+    check_options(f"Method '{config.method.name}'", factory, options, reserved=("self", "config", "info"))
     return factory(config, info, **options)
 
 

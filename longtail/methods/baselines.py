@@ -33,6 +33,7 @@ from torch import nn
 from longtail.engine.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.methods.base import Method, register_method, unwrap
+from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing
 from longtail.models.heads import tau_normalize
 from longtail.models.output import ModelOutput
 
@@ -73,26 +74,13 @@ class ERM(Method):
         self.random_erasing: RandomErasing | None = None
 
     def setup(self, device: torch.device) -> None:
-        if self.random_erasing_prob > 0:
-            self.random_erasing = RandomErasing(
-                probability=self.random_erasing_prob, mode="pixel", max_count=1, device=str(device)
-            )
+        self.random_erasing = pixel_random_erasing(self.random_erasing_prob, device)
 
     def augment(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Random erasing, then Mixup / CutMix into (B, C) soft targets; the batch itself is left untouched."""
         if self.random_erasing is None and self.mixup is None:
             return images, targets
-        images = images.clone()
-        if self.random_erasing is not None:
-            images = self.random_erasing(images)
-        if self.mixup is None:
-            return images, targets
-        if len(images) % 2:
-            raise LongtailError(
-                f"Mixup/CutMix pairs each image with the batch reversed and needs an even batch, got {len(images)} "
-                "images per process; use an even data.batch_size per process."
-            )
-        return self.mixup(images, targets)
+        return erase_and_mix(images, targets, self.random_erasing, self.mixup)
 
     def training_step(
         self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int

@@ -87,6 +87,7 @@ from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, register_method
+from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing
 from longtail.methods.ride import loss_dtype
 from longtail.models.output import ModelOutput
 
@@ -385,10 +386,7 @@ class DeiTLT(Method):
         if self.teacher is None and self.teacher_path is not None:
             self.teacher = FrozenTeacher.from_checkpoint(self.teacher_path, device, self.info)
         self._check_stage_losses()
-        if self.random_erasing_prob > 0:
-            self.random_erasing = RandomErasing(
-                probability=self.random_erasing_prob, mode="pixel", max_count=1, device=str(device)
-            )
+        self.random_erasing = pixel_random_erasing(self.random_erasing_prob, device)
 
     def _check_stage_losses(self) -> None:
         for stage in self.stages():
@@ -413,17 +411,7 @@ class DeiTLT(Method):
     def augment(self, images: Tensor, targets: Tensor, mix: bool) -> tuple[Tensor, Tensor]:
         """Random erasing, then (if ``mix``) Mixup/CutMix of the batch with smoothed soft targets; returns
         new tensors (the batch is left untouched)."""
-        images = images.clone()
-        if self.random_erasing is not None:
-            images = self.random_erasing(images)
-        if not mix:
-            return images, targets
-        if len(images) % 2:
-            raise LongtailError(
-                f"Mixup/CutMix pairs each image with the batch reversed and needs an even batch, got {len(images)} "
-                "images per process; use an even data.batch_size per process."
-            )
-        return self.mixup(images, targets)
+        return erase_and_mix(images, targets, self.random_erasing, self.mixup if mix else None)
 
     def training_step(
         self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int

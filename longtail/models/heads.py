@@ -20,7 +20,6 @@ Models swap their heads with ``model.replace_heads(fn)`` (every head, single or 
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail.errors import LongtailError, unknown_name_error
+from longtail.registry import check_options
 
 
 class CosineHead(nn.Module):
@@ -175,12 +175,7 @@ def create_head(kind: str, in_features: int, num_classes: int, **kwargs: Any) ->
     if num_classes < 1:
         raise LongtailError(f"num_classes must be at least 1, got {num_classes}.")
     factory = _HEADS[kind]
-    valid = set(inspect.signature(factory).parameters) - {"in_features", "num_classes"}
-    unknown = sorted(set(kwargs) - valid)
-    if unknown:
-        raise LongtailError(
-            f"Head '{kind}' has no option(s) {', '.join(unknown)}. Valid options: {', '.join(sorted(valid)) or 'none'}."
-        )
+    check_options(f"Head '{kind}'", factory, kwargs, reserved=("in_features", "num_classes"))
     return factory(in_features, num_classes, **kwargs)
 
 

@@ -66,7 +66,7 @@ from torch import nn
 
 from longtail.errors import LongtailError
 from longtail.models.output import ModelOutput
-from longtail.models.registry import register_model
+from longtail.models.registry import register_variant
 
 MetaInput = Mapping[str, torch.Tensor] | torch.Tensor | None
 
@@ -524,29 +524,10 @@ _VARIANTS: dict[str, dict[str, tuple[int, ...]]] = {
 }
 
 
-def _variant_factory(name: str):
-    def factory(
-        num_classes: int,
-        img_size: int | Sequence[int] = 224,
-        in_chans: int = 3,
-        drop_path_rate: float = 0.0,
-        meta_groups: Mapping[str, Any] | None = None,
-        meta_mask_start: float = 0.0,
-        meta_mask_epochs: int | None = None,
-        only_last_cls: bool = False,
-        extra_token_bias: str = "official",
-    ) -> MetaFG:
-        return MetaFG(
-            num_classes=num_classes, img_size=img_size, in_chans=in_chans, drop_path_rate=drop_path_rate,
-            meta_groups=meta_groups, meta_mask_start=meta_mask_start, meta_mask_epochs=meta_mask_epochs,
-            only_last_cls=only_last_cls, extra_token_bias=extra_token_bias, **_VARIANTS[name],
-        )
+# MetaFG's head count and MLP ratio are fixed at its defaults (8, 4.0) in every variant, not options.
+_FIXED_IN_VARIANTS = {"num_heads": 8, "mlp_ratio": 4.0}
 
-    factory.__name__ = name
-    factory.__doc__ = f"MetaFG {name[-1]}: {_VARIANTS[name]} (see MetaFG for the options)."
-    return register_model(name)(factory)
-
-
-metafg_0 = _variant_factory("metafg_0")
-metafg_1 = _variant_factory("metafg_1")
-metafg_2 = _variant_factory("metafg_2")
+for _name, _dims in _VARIANTS.items():
+    register_variant(
+        _name, MetaFG, f"MetaFG {_name[-1]}: {_dims} (see MetaFG for the options).", **_dims, **_FIXED_IN_VARIANTS
+    )

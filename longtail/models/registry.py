@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from longtail.errors import LongtailError
-from longtail.registry import Registry
+from longtail.registry import Registry, check_options
 
 MODELS = Registry("model")
 register_model = MODELS.register
@@ -24,7 +25,7 @@ def create(
     """Build model ``name``; ``activation`` (e.g. 'aglu') replaces every activation of the model, with
     ``activation_options`` (e.g. ``per_channel``, ``lambda_grad``) passed to ``replace_activations``."""
     factory = MODELS.get(name)
-    _check_kwargs(name, factory, kwargs)
+    check_options(f"Model '{name}'", factory, kwargs, reserved=("num_classes",))
     if activation_options and activation is None:
         raise LongtailError("activation_options are given but no activation; set model.activation (e.g. aglu).")
     model = factory(num_classes=num_classes, **kwargs)
@@ -39,13 +40,19 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-def _check_kwargs(name: str, factory: Any, kwargs: dict[str, Any]) -> None:
-    params = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-        valid = sorted(set(params) - {"num_classes"})
-        raise LongtailError(
-            f"Model '{name}' has no option(s) {', '.join(unknown)}. Valid options: {', '.join(valid)}."
-        )
+def register_variant(name: str, builder: Callable[..., nn.Module], doc: str, **fixed: Any) -> Callable[..., nn.Module]:
+    """Register model ``name``: ``builder`` called with the ``fixed`` keyword arguments. Its options (what
+    ``create`` checks) are ``builder``'s parameters without the fixed ones."""
+
+    def factory(**options: Any) -> nn.Module:
+        return builder(**fixed, **options)
+
+    signature = inspect.signature(builder)
+    factory.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name not in fixed],
+        return_annotation=builder.__name__ if isinstance(builder, type) else signature.return_annotation,
+    )
+    factory.__name__ = name
+    factory.__doc__ = doc
+    factory.__module__ = builder.__module__
+    return register_model(name)(factory)

@@ -37,7 +37,7 @@ from longtail.models.cifar_resnet import (
 )
 from longtail.models.heads import create_head
 from longtail.models.multi_expert import MultiExpertNetwork
-from longtail.models.registry import register_model
+from longtail.models.registry import register_model, register_variant
 from longtail.models.torchvision_resnet import (
     STAGE_PLANES,
     block_type,
@@ -118,29 +118,13 @@ def ride_torchvision_resnet(
     return MultiExpertNetwork(trunk, branches, heads, logit_adjust_exponents=logit_adjust_exponents)
 
 
-def _register_torchvision(arch: str) -> None:
-    def factory(
-        num_classes: int,
-        num_experts: int = 3,
-        reduce_dimension: bool = True,
-        expert_planes: Sequence[int] | None = None,
-        head: str = "cosine",
-        head_options: dict[str, Any] | None = None,
-        pretrained_path: str | None = None,
-        logit_adjust_exponents: Sequence[float] | None = None,
-    ) -> MultiExpertNetwork:
-        return ride_torchvision_resnet(
-            arch, num_classes, num_experts, reduce_dimension, expert_planes, head, head_options,
-            pretrained_path, logit_adjust_exponents,
-        )
-
-    factory.__name__ = f"ride_{arch}"
-    factory.__doc__ = f"RIDE / MDCS multi-expert torchvision {arch} (see ``ride_torchvision_resnet``)."
-    register_model(factory.__name__)(factory)
-
-
 for _arch in ("resnet10", "resnet50", "resnet152", "resnext50_32x4d"):
-    _register_torchvision(_arch)
+    register_variant(
+        f"ride_{_arch}",
+        ride_torchvision_resnet,
+        f"RIDE / MDCS multi-expert torchvision {_arch} (see ``ride_torchvision_resnet``).",
+        arch=_arch,
+    )
 
 
 def _pair(values: Sequence[int] | None, default: Sequence[int], name: str) -> tuple[int, int]:

@@ -34,7 +34,7 @@ from longtail.models.base import load_matching
 from longtail.models.cifar_resnet import CIFAR_WIDTHS, build_head, cifar_stem, init_cifar_weights, make_cifar_stage
 from longtail.models.heads import create_head
 from longtail.models.multi_expert import MultiExpertNetwork
-from longtail.models.registry import register_model
+from longtail.models.registry import register_model, register_variant
 from longtail.models.torchvision_resnet import (
     STAGE_PLANES,
     build_torchvision_resnet,
@@ -160,26 +160,10 @@ def shike_torchvision_resnet(
     return MultiExpertNetwork(trunk, branches, heads, second_heads, logit_adjust_exponents)
 
 
-def _register_torchvision(arch: str) -> None:
-    def factory(
-        num_classes: int,
-        num_experts: int = 3,
-        expert_depths: Sequence[int] | None = None,
-        head: str = "cosine",
-        head_options: dict[str, Any] | None = None,
-        retrain_heads: bool = True,
-        pretrained_path: str | None = None,
-        logit_adjust_exponents: Sequence[float] | None = None,
-    ) -> MultiExpertNetwork:
-        return shike_torchvision_resnet(
-            arch, num_classes, num_experts, expert_depths, head, head_options, retrain_heads,
-            pretrained_path, logit_adjust_exponents,
-        )
-
-    factory.__name__ = f"shike_{arch}"
-    factory.__doc__ = f"SHIKE (DKF) multi-expert torchvision {arch} (see ``shike_torchvision_resnet``)."
-    register_model(factory.__name__)(factory)
-
-
 for _arch in ("resnet50", "resnet152", "resnext50_32x4d"):
-    _register_torchvision(_arch)
+    register_variant(
+        f"shike_{_arch}",
+        shike_torchvision_resnet,
+        f"SHIKE (DKF) multi-expert torchvision {_arch} (see ``shike_torchvision_resnet``).",
+        arch=_arch,
+    )
