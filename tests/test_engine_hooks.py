@@ -10,11 +10,17 @@ from typing import Any
 
 import pytest
 import torch
+from tiny import TINY_DIGITS_DATA
 from torch import nn
 
 import longtail.engine.trainer as trainer_module
 from longtail.engine.checkpoint import load_checkpoint, load_initial_weights
-from longtail.engine.config import RunConfig, apply_overrides, from_dict, parse_overrides
+from longtail.engine.config import (
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    parse_overrides,
+)
 from longtail.engine.evaluate import summarize
 from longtail.engine.trainer import Trainer, train
 from longtail.errors import LongtailError
@@ -25,15 +31,7 @@ from longtail.models.activations import AGLU
 from longtail.models.output import ModelOutput
 
 TINY = {
-    "data": {
-        "name": "digits-lt",
-        "imbalance": 10,
-        "val_per_class": 5,
-        "batch_size": 64,
-        "eval_batch_size": 256,
-        "augment": "none",
-        "args": {"image_size": 8},
-    },
+    "data": TINY_DIGITS_DATA,
     "model": {"name": "resnet32"},
     "optim": {"lr": 0.05},
     "schedule": {"name": "constant", "epochs": 2},

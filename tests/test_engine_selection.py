@@ -9,10 +9,16 @@ from typing import Any
 
 import pytest
 import torch
+from tiny import TINY_DIGITS_DATA
 from torch import nn
 
 from longtail.engine.checkpoint import BEST, load_checkpoint
-from longtail.engine.config import RunConfig, apply_overrides, from_dict, parse_overrides
+from longtail.engine.config import (
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    parse_overrides,
+)
 from longtail.engine.evaluate import format_table
 from longtail.engine.trainer import Trainer, train
 from longtail.evaluation.report import format_shot_table
@@ -20,15 +26,7 @@ from longtail.methods.baselines import ERM
 from longtail.models.output import ModelOutput
 
 TINY = {
-    "data": {
-        "name": "digits-lt",
-        "imbalance": 10,
-        "val_per_class": 5,
-        "batch_size": 64,
-        "eval_batch_size": 256,
-        "augment": "none",
-        "args": {"image_size": 8},
-    },
+    "data": TINY_DIGITS_DATA,
     "model": {"name": "resnet32"},
     "optim": {"lr": 0.05},
     "schedule": {"name": "constant", "epochs": 3},

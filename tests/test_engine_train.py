@@ -7,23 +7,21 @@ import json
 
 import pytest
 import torch
+from tiny import TINY_DIGITS_DATA
 
-from longtail.engine.checkpoint import BEST, CHECKPOINT, load_checkpoint, load_trained_model
+from longtail.engine.checkpoint import (
+    BEST,
+    CHECKPOINT,
+    load_checkpoint,
+    load_trained_model,
+)
 from longtail.engine.config import apply_overrides, from_dict, parse_overrides
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.baselines import ERM, tau_normalized
 
 TINY = {
-    "data": {
-        "name": "digits-lt",
-        "imbalance": 10,
-        "val_per_class": 5,
-        "batch_size": 32,
-        "eval_batch_size": 256,
-        "augment": "none",
-        "args": {"image_size": 8},
-    },
+    "data": {**TINY_DIGITS_DATA, "batch_size": 32},
     "model": {"name": "resnet32"},
     "optim": {"lr": 0.05, "nesterov": True},
     "schedule": {"name": "multistep", "epochs": 3, "warmup_epochs": 1, "milestones": [2]},

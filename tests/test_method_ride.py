@@ -7,12 +7,20 @@ import json
 
 import pytest
 import torch
+from tiny import TINY_DIGITS_DATA
 from torch.utils.flop_counter import FlopCounterMode
 
 import longtail.models
 from longtail.cli.main import main as cli_main
 from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
-from longtail.engine.config import RunConfig, apply_overrides, from_dict, list_recipes, parse_overrides, resolve
+from longtail.engine.config import (
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    list_recipes,
+    parse_overrides,
+    resolve,
+)
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.base import Stage, create_method
@@ -39,15 +47,7 @@ ROUTER_STAGE = {
 }
 TINY = {
     "method": {"name": "ride", "args": {"router_top_k": 5}},
-    "data": {
-        "name": "digits-lt",
-        "imbalance": 10,
-        "val_per_class": 5,
-        "batch_size": 32,
-        "eval_batch_size": 256,
-        "augment": "none",
-        "args": {"image_size": 8},
-    },
+    "data": {**TINY_DIGITS_DATA, "batch_size": 32},
     "model": {"name": "ride_resnet32", "args": {"num_experts": 3}},
     "loss": {"name": "ride", "args": {"drw_epoch": 0}},
     "optim": {"lr": 0.05, "nesterov": True},
