@@ -7,9 +7,10 @@
 Each activation gets its own model (same seed), channels_last, bf16 autocast, SGD with momentum. The
 models' steps are interleaved (relu, aglu, relu, aglu, ...) so that load from other processes hits them
 alike, and the median step time is reported with its ratio to the first activation. ``aglu`` uses the
-fused kernels (``torch.compile``; the first steps compile them), ``aglu_eager`` the same autograd function
-without compiling, ``aglu_autograd`` plain autograd through the forward formula (how the reference's
-``Unified`` runs), to show what fusing buys.
+fused kernels (``torch.compile``; the first steps compile them; under bf16 the forward reads a table of
+AGLU at all 2^16 bf16 values), ``aglu_eager`` the same autograd function without compiling,
+``aglu_autograd`` plain autograd through the forward formula (how the reference's ``Unified`` runs), to
+show what fusing buys.
 """
 
 from __future__ import annotations

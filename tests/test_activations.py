@@ -9,7 +9,20 @@ import torch
 import torch.nn.functional as F
 
 from longtail.errors import LongtailError
-from longtail.models.activations import AGLU, APA, _AGLUFunction, aglu, apa, set_aglu_kernels
+from longtail.models import activations
+from longtail.models.activations import (
+    AGLU,
+    AGLU_LAMBDA_EPS,
+    APA,
+    _aglu_values,
+    _AGLUFunction,
+    _broadcast,
+    _kernel_params,
+    _uses_lookup,
+    aglu,
+    apa,
+    set_aglu_kernels,
+)
 
 GOLDEN_TOL = {"rtol": 1e-9, "atol": 1e-12}
 GRADS = ("gx", "gl", "gk")
@@ -192,12 +205,13 @@ def test_bad_options_are_named():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_kernels_match_eager(dtype):
-    """torch.compile'd forward/backward (what large tensors use) against the eager bodies."""
+@pytest.mark.parametrize(("dtype", "channels"), [(torch.float32, 16), (torch.bfloat16, 16), (torch.bfloat16, 1)])
+def test_compiled_kernels_match_eager(dtype, channels):
+    """torch.compile'd forward/backward (what large tensors use; bf16 with one κ, λ: the table lookup)
+    against the eager bodies."""
     torch.manual_seed(0)
-    module = AGLU(16)
-    x = (torch.randn(8, 16, 24, 24) * 4).to(dtype).to(memory_format=torch.channels_last)
+    module = AGLU(channels)
+    x = (torch.randn(8, 16, 48, 48) * 4).to(dtype).to(memory_format=torch.channels_last)
     results = {}
     try:
         for mode in ("eager", "compiled"):
@@ -213,3 +227,42 @@ def test_compiled_kernels_match_eager(dtype):
     for eager, compiled in zip(results["eager"], results["compiled"]):
         assert compiled.dtype == eager.dtype
         torch.testing.assert_close(compiled.float(), eager.float(), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_table_lookup_gives_the_elementwise_values_and_layout(dtype, channels):
+    """Large 16-bit inputs read AGLU from a table of all 2^16 input values (per channel)."""
+    torch.manual_seed(0)
+    module = AGLU(channels)
+    x = (torch.randn(8, 2, 128, 256) * 4).to(dtype).to(memory_format=torch.channels_last)
+    l = F.relu(module.lambda_param) + AGLU_LAMBDA_EPS
+    kappa, log_l, inv_l = _kernel_params(x, _broadcast(l, x, 1), _broadcast(module.kappa_param, x, 1))
+    assert _uses_lookup(x, kappa) and not _uses_lookup(x.float(), kappa)
+    set_aglu_kernels("eager")
+    try:
+        with torch.no_grad():
+            out = module(x)
+    finally:
+        set_aglu_kernels("auto")
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, _aglu_values(x, kappa, log_l, inv_l), rtol=0, atol=0)
+
+
+def test_compile_failure_falls_back_to_the_eager_kernels(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(activations, "_KERNELS", activations._Kernels())
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    torch.manual_seed(0)
+    module = AGLU()
+    x = (torch.randn(8, 2, 128, 256) * 4).bfloat16().requires_grad_()
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        out = module(x)
+    out.backward(torch.ones_like(out))
+    x64 = x.detach().double().requires_grad_()
+    reference = aglu(x64, module.lambda_param.double(), module.kappa_param.double())
+    reference.backward(torch.ones_like(reference))
+    torch.testing.assert_close(out.double(), reference, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=2e-2, atol=2e-2)

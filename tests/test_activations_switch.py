@@ -164,6 +164,19 @@ def test_untraceable_forward_shares_one_replacement_and_warns(module, reason):
     assert module(torch.randn(1, 3, 2, 2)).shape == (1, 4, 2, 2)
 
 
+def test_batched_ride_experts_get_per_channel_aglu_and_run_a_subset_of_experts():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = create("ride_resnet32", num_classes=10, activation="aglu", activation_options={"per_channel": True})
+    block = model.experts.layer3[0]
+    assert isinstance(block.relu1, AGLU) and block.relu1.num_parameters == 3 * 48
+    model.eval()
+    images = torch.randn(4, 3, 32, 32)
+    full = model(images).expert_logits
+    torch.testing.assert_close(model(images, num_experts=2).expert_logits, full[:2], rtol=1e-5, atol=1e-5)
+
+
 def test_new_parameters_follow_the_model_dtype():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).double()
     replace_activations(model, "aglu")

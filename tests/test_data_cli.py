@@ -10,7 +10,10 @@ from longtail.cli.main import main
 def test_lists_dataset_names(capsys):
     assert main(["datasets"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["cifar10-lt", "cifar100-lt", "digits-lt", "imagefolder-lt", "imagenet-lt", "inat2018", "places-lt"]
+    assert names == [
+        "cifar10-lt", "cifar100-lt", "digits-lt", "imagefolder-lt", "imagenet-lt", "imagenet-r", "inat2018",
+        "places-lt",
+    ]
 
 
 @pytest.mark.shared

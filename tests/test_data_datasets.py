@@ -41,7 +41,8 @@ def random_cifar(num_classes: int, per_class: int, seed: int) -> tuple[np.ndarra
 
 def test_registry_lists_every_dataset():
     assert DATASETS.names() == [
-        "cifar10-lt", "cifar100-lt", "digits-lt", "imagefolder-lt", "imagenet-lt", "inat2018", "places-lt",
+        "cifar10-lt", "cifar100-lt", "digits-lt", "imagefolder-lt", "imagenet-lt", "imagenet-r", "inat2018",
+        "places-lt",
     ]
 
 

@@ -62,10 +62,12 @@ class _Regression(Method):
         self.x, self.y = x, y
 
     def training_step(self, model, batch, criterion, epoch):
-        return _quadratic_loss(model.weight, self.x, self.y), None
+        """``batch``: the rows of (x, y) it holds."""
+        return _quadratic_loss(model.weight, self.x[batch], self.y[batch]), None
 
 
-def test_sam_update_of_the_trainer_matches_a_hand_computation():
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_sam_update_of_the_trainer_matches_a_hand_computation(micro_batches):
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
     w0 = torch.randn(3, dtype=torch.float64)
@@ -83,12 +85,15 @@ def test_sam_update_of_the_trainer_matches_a_hand_computation():
     trainer = object.__new__(Trainer)
     trainer.method, trainer.model, trainer.autocast_dtype = _Regression(x, y), model, None
 
-    value = trainer._optimisation_step(run, batch=None, epoch=0)
+    group = [slice(start, start + 8 // micro_batches) for start in range(0, 8, 8 // micro_batches)]
+    values = [trainer._accumulate(run, rows, 0, index == 0, len(group), index + 1 == len(group))
+              for index, rows in enumerate(group)]
+    trainer._optimisation_step(run, group, epoch=0)
 
     g = _quadratic_grad(w0, x, y)
     perturbed = w0 + rho * g / g.norm()
     expected = w0 - lr * _quadratic_grad(perturbed, x, y)
-    assert value == pytest.approx(_quadratic_loss(w0, x, y).item())
+    assert values == pytest.approx([_quadratic_loss(w0, x[rows], y[rows]).item() for rows in group])
     assert torch.allclose(model.weight.detach(), expected, atol=1e-12)
 
 

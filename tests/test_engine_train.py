@@ -112,6 +112,18 @@ def test_resume_with_a_different_config_names_the_keys(tmp_path, monkeypatch):
         train(tiny_config("optim.lr=0.2", "schedule.epochs=4", "train.progress=true"), tmp_path)
 
 
+def test_resume_accepts_a_checkpoint_written_before_a_config_key_existed(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        crash_after(patch, steps=20)
+        with pytest.raises(SimulatedCrash):
+            train(tiny_config(), tmp_path)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    del state["config"]["train"]["accumulate_steps"]  # as written by a version without the option
+    torch.save(state, tmp_path / CHECKPOINT)
+    train(tiny_config(), tmp_path, resume=True)
+    assert load_checkpoint(tmp_path / CHECKPOINT)["finished"]
+
+
 def test_resume_needs_a_checkpoint(tmp_path):
     with pytest.raises(LongtailError, match="Nothing to resume"):
         train(tiny_config(), tmp_path, resume=True)

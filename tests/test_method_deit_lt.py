@@ -114,6 +114,19 @@ def test_student_heads_resizing_and_options():
         longtail.models.create("deit_lt_tiny_patch4_32", num_classes=NUM_CLASSES, image_size=30)
 
 
+def test_student_uses_explicit_attention_on_cpu_with_the_fused_values():
+    torch.manual_seed(0)
+    student = longtail.models.create("deit_lt_tiny_patch4_32", num_classes=NUM_CLASSES, depth=2).eval()
+    images = torch.randn(3, 3, 32, 32)
+    explicit = student(images).logits
+    assert not any(block.attn.fused_attn for block in student.vit.blocks)
+    for block in student.vit.blocks:
+        block.attn.fused_attn = True
+    tokens = student.vit.forward_features(images)  # timm's own forward, fused attention
+    fused = (student.vit.head(tokens[:, 0]) + student.vit.head_dist(tokens[:, 1])) / 2
+    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------- the teacher and the batch
 
 

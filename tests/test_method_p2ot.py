@@ -212,7 +212,7 @@ def test_labels_never_reach_the_loss():
     "override, message",
     [
         ("data.val_per_class=5", "val_per_class=0"),
-        ("data.sampler=class-balanced", "sampler=instance"),
+        ("data.sampler=class-balanced", "label-free sampler"),
         ("data.two_views=false", "two_views=true"),
         ("loss.name=ce", "loss.name=swapped-ce"),
         ("method.args.num_clusters=7", "num_clusters=7"),
@@ -322,7 +322,7 @@ def test_the_paper_recipes_follow_the_papers_and_need_local_dino_weights():
     from longtail.engine.config import list_recipes, resolve
 
     names = [name for name in list_recipes() if name.startswith(("p2ot-", "sp2ot-"))]
-    assert len(names) == 12
+    assert len(names) == 14
     config = resolve("sp2ot-cifar100-lt-if100")
     assert (config.data.name, config.data.imbalance, config.data.batch_size, config.schedule.epochs) == (
         "cifar100-lt", 100.0, 512, 50)

@@ -4,14 +4,17 @@ semantics, heads, options and errors."""
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from longtail.errors import LongtailError
 from longtail.models import MODELS, create, list_models
 from longtail.models.base import Network
+from longtail.models.cifar_resnet import make_cifar_stage
 from longtail.models.heads import CosineHead, LWSHead, TauNormHead, create_head, tau_normalize
 from longtail.models.multi_expert import MultiExpertNetwork, adjust_expert_logits
 
@@ -31,7 +34,12 @@ def count(module: nn.Module) -> int:
 
 
 def count_buffers(module: nn.Module) -> int:
-    return sum(b.numel() for b in module.buffers())
+    """Buffer elements as the official per-expert model holds them: batched experts (``ride_resnet32``) keep one
+    BatchNorm batch counter for all K experts where the official model has K."""
+    counters = sum(
+        getattr(layer, "num_experts", 1) - 1 for layer in module.modules() if isinstance(layer, nn.BatchNorm2d)
+    )
+    return sum(b.numel() for b in module.buffers()) + counters
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +186,49 @@ def test_multi_expert_output_is_mean_of_experts():
     assert not torch.allclose(out.expert_logits[0], out.expert_logits[1])
     with pytest.raises(LongtailError, match="between 1 and 4"):
         model(images, num_experts=5)
+
+
+def _random_batchnorm(module: nn.Module) -> None:
+    for layer in module.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            nn.init.uniform_(layer.weight, 0.5, 1.5)
+            nn.init.uniform_(layer.bias, -0.5, 0.5)
+            layer.running_mean.uniform_(-0.2, 0.2)
+            layer.running_var.uniform_(0.5, 1.5)
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_batched_experts_compute_each_separate_expert_and_load_per_expert_checkpoints(shortcut):
+    """ride_resnet32 runs its experts side by side; expert k must equal a layer2 + layer3 of its own with the
+    same weights (float64, training and eval mode), and a per-expert checkpoint must load into it."""
+    torch.manual_seed(0)
+    model = create("ride_resnet32", num_classes=5, num_experts=3, shortcut=shortcut).double()
+    branches = [
+        nn.Sequential(
+            OrderedDict(layer2=make_cifar_stage(16, 24, 2, shortcut), layer3=make_cifar_stage(24, 48, 2, shortcut))
+        ).double()
+        for _ in range(3)
+    ]
+    state = {name: value for name, value in model.state_dict().items() if not name.startswith("experts.")}
+    for index, branch in enumerate(branches):
+        _random_batchnorm(branch)
+        state.update({f"experts.{index}.{name}": value for name, value in branch.state_dict().items()})
+    model.load_state_dict(state)
+    images = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    for training in (True, False):
+        for module in (model, *branches):
+            module.train(training)
+        out = model(images)
+        shared = model.forward_trunk(images)
+        for index, (branch, head) in enumerate(zip(branches, model.heads)):
+            features = torch.flatten(F.adaptive_avg_pool2d(branch(shared), 1), 1)
+            torch.testing.assert_close(out.expert_features[index], features)
+            torch.testing.assert_close(out.expert_logits[index], head(features))
+        logits_1, _ = model.forward_expert(shared, 1)  # one expert alone: its own channels and statistics
+        features_1 = torch.flatten(F.adaptive_avg_pool2d(branches[1](shared), 1), 1)
+        torch.testing.assert_close(logits_1, model.heads[1](features_1))
+    running = torch.cat([branch.layer3[4].bn2.running_var for branch in branches])
+    torch.testing.assert_close(model.experts.layer3[4].bn2.running_var, running)
 
 
 def test_cosine_expert_logits_are_bounded_by_scale():

@@ -12,6 +12,7 @@ SUMMARIES = {
     "digits-lt": "scikit-learn's 8x8 digits made long-tailed (embedded, no download)",
     "imagefolder-lt": "any root/<split>/<class>/<image> tree made long-tailed",
     "imagenet-lt": "ImageNet-LT (split lists + ImageNet images)",
+    "imagenet-r": "ImageNet-R (local copy), natural imbalance, 20 test images held out per class",
     "inat2018": "iNaturalist 2018 (split lists + images)",
     "places-lt": "Places-LT (split lists + Places365 images)",
 }

@@ -5,7 +5,7 @@
 for in-memory datasets, through DataLoader workers for image files).
 """
 
-from longtail.data import cifar, digits, folders, lists  # noqa: F401  (register the datasets)
+from longtail.data import cifar, digits, folders, imagenet_r, lists  # noqa: F401  (register the datasets)
 from longtail.data.batch import Batch
 from longtail.data.datasets import DATASETS, DatasetInfo, DatasetSplits, create_datasets, default_data_root
 from longtail.data.loader import Loader, create_loader

@@ -1,7 +1,8 @@
 """Batched augmentation of uint8 image tensors, on whatever device the images are on.
 
 A batch is augmented as a whole: random crop with zero padding and horizontal flip are one gather
-(``crop_flip``), rotation one ``grid_sample``, colour jitter a few per-image blends (``color_jitter``), Cutout
+(``crop_flip``), a random resized crop with the flip one ``grid_sample`` (``resized_crop_flip``), rotation one
+``grid_sample``, colour jitter a few per-image blends (``color_jitter``), random grayscale one ``where``, Cutout
 one mask. AutoAugment and RandAugment are per-image
 random in torchvision; here each image draws its own sub-policy, probabilities and signs exactly as
 ``torchvision.transforms.v2.AutoAugment`` / ``RandAugment`` do, and the images that drew the same
@@ -38,7 +39,10 @@ class AugmentSpec:
     (streamed images: RandomResizedCrop); ``rotation``: maximum angle in degrees; ``policy``: None,
     'autoaugment' or 'randaugment'; ``cutout``: side of the erased square in pixels (0: off);
     ``color_jitter``: (brightness, contrast, saturation, hue) strengths as torchvision's ``ColorJitter``,
-    applied after the flip (None: off)."""
+    applied after the flip (None: off); ``grayscale``: probability of torchvision's ``RandomGrayscale``, after
+    the jitter; ``resized_crop``: the (min, max) area fraction of a RandomResizedCrop (aspect ratio 3/4 to 4/3)
+    that replaces the padded crop when ``crop`` is on (None: padded crop; streamed images: the scale of their
+    RandomResizedCrop, torchvision's (0.08, 1) when None)."""
 
     crop: bool = True
     padding: int = 4
@@ -49,6 +53,8 @@ class AugmentSpec:
     randaugment_ops: int = 2
     randaugment_magnitude: int = 9
     color_jitter: tuple[float, float, float, float] | None = None
+    grayscale: float = 0.0
+    resized_crop: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.policy is not None and self.policy not in POLICIES:
@@ -61,6 +67,16 @@ class AugmentSpec:
                     f"at most 0.5, got {self.color_jitter!r}."
                 )
             object.__setattr__(self, "color_jitter", jitter)
+        if not 0.0 <= self.grayscale <= 1.0:
+            raise LongtailError(f"grayscale is a probability in [0, 1], got {self.grayscale!r}.")
+        if self.resized_crop is not None:
+            scale = tuple(float(value) for value in self.resized_crop)
+            if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+                raise LongtailError(
+                    "resized_crop must be 2 area fractions (min, max) with 0 < min <= max <= 1, e.g. [0.08, 1.0]; "
+                    f"got {self.resized_crop!r}."
+                )
+            object.__setattr__(self, "resized_crop", scale)
 
 
 AUGMENTATIONS = {
@@ -98,6 +114,43 @@ def crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.G
     # one gather per batch; the channel dimension reuses the spatial index (expand: no copy)
     index = spatial.view(b, 1, h * w).expand(b, c, h * w).to(images.device)
     return torch.gather(padded.reshape(b, c, hp * wp), 2, index).view(b, c, h, w)
+
+
+def resized_crop_flip(
+    images: torch.Tensor,
+    scale: Sequence[float],
+    flip: bool,
+    generator: torch.Generator | None,
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """torchvision's ``RandomResizedCrop(original size, scale, ratio)`` of each image, mirrored with probability
+    1/2 when ``flip``, in one bilinear ``grid_sample``. The area fraction is uniform in ``scale`` and the log
+    aspect ratio uniform in ``log(ratio)``, as torchvision draws them; a box wider or taller than the image is
+    clipped to it (torchvision redraws up to 10 times, then crops the centre)."""
+    b, _, h, w = images.shape
+    area = scale[0] + torch.rand(b, generator=generator) * (scale[1] - scale[0])
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = (log_low + torch.rand(b, generator=generator) * (log_high - log_low)).exp()
+    # half-extents and centres in grid_sample's [-1, 1] coordinates (the image spans [-1, 1], align_corners=False)
+    half_w = (area * aspect * h / w).sqrt().clamp_(max=1.0)
+    half_h = (area / aspect * w / h).sqrt().clamp_(max=1.0)
+    centre_x = half_w - 1 + torch.rand(b, generator=generator) * 2 * (1 - half_w)
+    centre_y = half_h - 1 + torch.rand(b, generator=generator) * 2 * (1 - half_h)
+    sign = torch.ones(b)
+    if flip:
+        sign = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+    zero = torch.zeros(b)
+    theta = torch.stack([torch.stack([sign * half_w, zero, centre_x], 1), torch.stack([zero, half_h, centre_y], 1)], 1)
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    cropped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return cropped.round_().clamp_(0, 255).to(images.dtype) if images.dtype == torch.uint8 else cropped
+
+
+def random_grayscale(images: torch.Tensor, probability: float, generator: torch.Generator | None) -> torch.Tensor:
+    """torchvision's ``RandomGrayscale(probability)``: each image, with that probability, replaced by its luma
+    (``rgb_to_grayscale``) in all three channels."""
+    chosen = (torch.rand(len(images), generator=generator) < probability).view(-1, 1, 1, 1).to(images.device)
+    return torch.where(chosen, v2.functional.rgb_to_grayscale(images, num_output_channels=3), images)
 
 
 def rotate(images: torch.Tensor, max_degrees: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -258,8 +311,8 @@ class GroupedPolicy:
 
 
 class BatchAugment:
-    """uint8 (B, 3, H, W) batch -> augmented, normalised float32 batch: crop+flip, colour jitter, rotation,
-    policy, Cutout."""
+    """uint8 (B, 3, H, W) batch -> augmented, normalised float32 batch: crop+flip (padded or resized crop),
+    colour jitter, grayscale, rotation, policy, Cutout."""
 
     def __init__(
         self,
@@ -284,10 +337,14 @@ class BatchAugment:
 
     def _augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         spec = self.spec
-        if spec.crop or spec.flip:
+        if spec.crop and spec.resized_crop is not None:
+            images = resized_crop_flip(images, spec.resized_crop, spec.flip, generator)
+        elif spec.crop or spec.flip:
             images = crop_flip(images, spec.padding if spec.crop else 0, spec.flip, generator)
         if spec.color_jitter is not None:
             images = color_jitter(images, spec.color_jitter, generator)
+        if spec.grayscale:
+            images = random_grayscale(images, spec.grayscale, generator)
         if spec.rotation:
             images = rotate(images, spec.rotation, generator)
         if self.policy is not None:

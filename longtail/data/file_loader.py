@@ -39,13 +39,16 @@ def file_transform(
 ) -> v2.Compose:
     """PIL image -> normalised float tensor: RandomResizedCrop (training) or resize + centre crop, then ``spec``."""
     if train and spec.crop:
-        steps: list = [v2.RandomResizedCrop(image_size, antialias=True)]
+        scale = spec.resized_crop or (0.08, 1.0)
+        steps: list = [v2.RandomResizedCrop(image_size, scale=scale, antialias=True)]
     else:
         steps = [v2.Resize(round(image_size / RESIZE_RATIO), antialias=True), v2.CenterCrop(image_size)]
     if spec.flip:
         steps.append(v2.RandomHorizontalFlip())
     if spec.color_jitter is not None:
         steps.append(v2.ColorJitter(*spec.color_jitter))
+    if spec.grayscale:
+        steps.append(v2.RandomGrayscale(spec.grayscale))
     if spec.rotation:
         steps.append(v2.RandomRotation(spec.rotation))
     if spec.policy == "autoaugment":

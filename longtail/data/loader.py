@@ -12,7 +12,7 @@ from longtail.data.files import ImageFiles
 from longtail.data.loading import Loader
 from longtail.data.memory import InMemoryImages
 from longtail.data.memory_loader import InMemoryLoader
-from longtail.data.samplers import SAMPLERS, EpochSampler, SequentialSampler
+from longtail.data.samplers import EpochSampler, SamplerSpec, SequentialSampler, create_sampler
 from longtail.errors import LongtailError
 
 Augment = str | AugmentSpec | None
@@ -25,7 +25,7 @@ def create_loader(
     train: bool,
     augment: Augment = "auto",
     two_views: bool = False,
-    sampler: str | EpochSampler = "instance",
+    sampler: SamplerSpec | EpochSampler = "instance",
     seed: int = 0,
     drop_last: bool | None = None,
     device: torch.device | str = "cpu",
@@ -44,7 +44,8 @@ def create_loader(
     ('none', 'standard' = crop + flip, 'autoaugment', 'randaugment') or an ``AugmentSpec``; 'auto' is
     'standard' for training and 'none' for evaluation. ``two_views`` adds ``Batch.strong`` made with
     ``strong_augment``. ``sampler`` (training only; evaluation reads the dataset in order): 'instance',
-    'class-balanced', 'square-root', 'progressive' (needs ``epochs``) or an EpochSampler. ``drop_last``
+    'class-balanced', 'square-root', 'progressive' (needs ``epochs``), 'repeated', a mapping of a name and
+    options (``{'name': 'repeated', 'repeats': 3}``) or an EpochSampler. ``drop_last``
     defaults to ``train``. ``rank`` / ``world_size`` shard every epoch for DistributedDataParallel.
     ``num_workers`` only applies to image-file datasets (default: up to 8 processes).
     """
@@ -74,9 +75,9 @@ def create_loader(
     )
 
 
-def _sampler(dataset, sampler: str | EpochSampler, train: bool, epochs: int | None, num_samples: int | None):
+def _sampler(dataset, sampler: SamplerSpec | EpochSampler, train: bool, epochs: int | None, num_samples: int | None):
     if isinstance(sampler, EpochSampler):
         return sampler
     if not train:
         return SequentialSampler(dataset.targets)
-    return SAMPLERS.get(sampler)(dataset.targets, epochs=epochs, num_samples=num_samples)
+    return create_sampler(sampler, dataset.targets, epochs=epochs, num_samples=num_samples)

@@ -45,9 +45,10 @@ class Loader(ABC):
         self.epoch = int(epoch)
 
     def epoch_indices(self) -> np.ndarray:
-        """This rank's dataset indices for the current epoch, in order."""
+        """This rank's dataset indices for the current epoch, in order (the head of its shard when the
+        sampler's order is longer than the epoch, as the repeated sampler's is)."""
         order = self.sampler.epoch_order(self.epoch, self.seed)
-        return shard(order, self.rank, self.world_size, pad=self.train)
+        return shard(order, self.rank, self.world_size, pad=self.train)[: self.samples_per_rank()]
 
     def epoch_batches(self) -> list[np.ndarray]:
         indices = self.epoch_indices()

@@ -1,4 +1,4 @@
-"""Epoch orders of dataset indices: instance, class-balanced, square-root and progressive sampling.
+"""Epoch orders of dataset indices: instance, class-balanced, square-root, progressive and repeated sampling.
 
 Every order is a function of ``(seed, epoch)`` only, so all DDP ranks compute the same global order and
 take disjoint shards of it (``shard``): the padded order is dealt round-robin, ``order[rank::world_size]``,
@@ -14,18 +14,30 @@ Class-aware samplers draw a class ``c`` with probability ``p_c``, then an image 
 
 ``instance`` is a random permutation of the dataset; ``sequential`` (evaluation) is file order.
 An epoch has ``len(dataset)`` draws unless ``num_samples`` says otherwise.
+
+``repeated`` is repeated augmentation (Hoffer et al., CVPR 2020; DeiT's ``RASampler``, Touvron et al., 2021):
+a random permutation with every index written ``repeats`` times in a row (default 3). Its order is longer than
+the epoch: the round-robin deal sends the copies of an image to consecutive ranks (with ``world_size >=
+repeats``, each to a different process), and each rank keeps only its first ``ceil(num_samples / world_size)``
+indices, so an epoch costs what an instance epoch does while covering about ``1 / repeats`` of the images
+(DeiT also rounds the epoch down to a multiple of 256 images; here ``drop_last`` batching does the
+rounding). Each copy is augmented independently: the in-memory loader draws augmentation parameters per
+image, also for copies in the same batch. A sampler with options is given as a mapping, e.g. ``data.sampler:
+{name: repeated, repeats: 3}`` (``create_sampler``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
 from longtail.errors import LongtailError
-from longtail.registry import Registry
+from longtail.registry import Registry, check_options
 
 SAMPLERS = Registry("sampler")
+SamplerSpec = str | dict[str, Any]  # a sampler's name, or a mapping of its name and options
 SAMPLER_STREAM = 0x5A3  # separates sampling from other streams seeded by (seed, epoch)
 
 
@@ -35,7 +47,8 @@ def epoch_rng(seed: int, epoch: int, stream: int, rank: int = 0) -> np.random.Ge
 
 
 class EpochSampler(ABC):
-    """Dataset indices for one epoch, from labels ``targets``."""
+    """Dataset indices for one epoch, from labels ``targets``. ``order`` has at least ``num_samples`` indices;
+    each rank keeps the first ``ceil(num_samples / world_size)`` of its shard (``longtail.data.loading``)."""
 
     def __init__(self, targets: np.ndarray, num_samples: int | None = None) -> None:
         self.targets = np.asarray(targets, dtype=np.int64)
@@ -57,6 +70,18 @@ class SequentialSampler(EpochSampler):
 class InstanceSampler(EpochSampler):
     def order(self, epoch: int, rng: np.random.Generator) -> np.ndarray:
         return rng.permutation(len(self.targets))
+
+
+class RepeatedSampler(EpochSampler):
+    """A random permutation with each index repeated ``repeats`` times in a row (repeated augmentation)."""
+
+    def __init__(self, targets: np.ndarray, repeats: int, num_samples: int | None = None) -> None:
+        super().__init__(targets, num_samples)
+        self.repeats = repeats
+
+    def order(self, epoch: int, rng: np.random.Generator) -> np.ndarray:
+        copies = np.repeat(rng.permutation(len(self.targets)), self.repeats)
+        return np.resize(copies, max(len(copies), self.num_samples))
 
 
 class ClassAwareSampler(EpochSampler):
@@ -124,6 +149,45 @@ def progressive_sampler(targets: np.ndarray, epochs: int | None = None, num_samp
     if not epochs or epochs < 1:
         raise LongtailError("Sampler 'progressive' needs the number of training epochs: pass epochs=<T>.")
     return ProgressiveSampler(targets, epochs, num_samples)
+
+
+@SAMPLERS.register("repeated")
+def repeated_sampler(
+    targets: np.ndarray, epochs: int | None = None, num_samples: int | None = None, repeats: int = 3
+) -> EpochSampler:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise LongtailError(
+            f"Sampler 'repeated' needs repeats to be a whole number >= 1, got {repeats!r}; e.g. "
+            "data.sampler={name: repeated, repeats: 3}."
+        )
+    return RepeatedSampler(targets, repeats, num_samples)
+
+
+LABEL_FREE_SAMPLERS = ("instance", "repeated")  # samplers whose order never depends on the labels
+
+
+def sampler_name(spec: SamplerSpec) -> str | None:
+    """The registered name of a sampler spec (a name, or a mapping with a ``name``)."""
+    return spec if isinstance(spec, str) else dict(spec).get("name")
+
+
+def create_sampler(
+    spec: SamplerSpec, targets: np.ndarray, epochs: int | None = None, num_samples: int | None = None
+) -> EpochSampler:
+    """The training sampler ``spec`` names: a registered name, or a mapping of ``name`` and the sampler's
+    options (e.g. ``{'name': 'repeated', 'repeats': 3}``)."""
+    if isinstance(spec, str):
+        name, options = spec, {}
+    else:
+        options = dict(spec)
+        name = options.pop("name", None)
+        if not isinstance(name, str):
+            raise LongtailError(
+                f"A sampler given as a mapping needs a 'name', e.g. {{name: repeated, repeats: 3}}; got {spec!r}."
+            )
+    factory = SAMPLERS.get(name)
+    check_options(f"Sampler '{name}'", factory, options, reserved=("targets", "epochs", "num_samples"))
+    return factory(targets, epochs=epochs, num_samples=num_samples, **options)
 
 
 def shard(order: np.ndarray, rank: int, world_size: int, pad: bool = True) -> np.ndarray:

@@ -54,7 +54,7 @@ class DataConfig:
     augment: str | dict[str, Any] | None = "auto"  # a preset name or AugmentSpec fields; None: no augmentation
     strong_augment: str | dict[str, Any] | None = "autoaugment"  # the second view's, when two_views
     two_views: bool = False
-    sampler: str = "instance"
+    sampler: str | dict[str, Any] = "instance"  # a name, or name and options: {name: repeated, repeats: 3}
     num_workers: int = 0
     args: dict[str, Any] = field(default_factory=dict)
 
@@ -108,7 +108,7 @@ class StageConfig:
     epochs: int = 1
     trainable: str = "all"  # parameter selector: 'all', 'head' or one the method defines
     reinit_head: bool = False
-    sampler: str | None = None
+    sampler: str | dict[str, Any] | None = None
     batch_size: int | None = None
     optim: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +128,14 @@ class TrainConfig:
     eval_every: int = 1
     progress: bool = True
     log_every: int = 20  # steps between TensorBoard step scalars
+    accumulate_steps: int = 1  # micro-batches (of data.batch_size each) per optimiser step
+
+    def __post_init__(self) -> None:
+        if self.accumulate_steps < 1:
+            raise LongtailError(
+                f"train.accumulate_steps must be at least 1 (micro-batches per optimiser step), got "
+                f"{self.accumulate_steps}."
+            )
 
 
 @dataclass

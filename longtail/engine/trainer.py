@@ -1,6 +1,15 @@
 """The one training loop of the library. A method (``longtail.methods.base.Method``) supplies the model,
 the loss, the stages and the training step; this module supplies everything else: optimiser and per-step
-schedule, mixed precision, SAM, EMA, DDP, exact resumption, logs, checkpoints and the final report.
+schedule, gradient accumulation, mixed precision, SAM, EMA, DDP, exact resumption, logs, checkpoints and the
+final report.
+
+Gradient accumulation (``train.accumulate_steps = N``): the loader's batches are micro-batches, and N of them make
+one optimiser step. Each micro-batch's loss is divided by the size of its group (N, or fewer for the last group
+of an epoch, which is stepped too), so the accumulated gradient is the mean over the group's images, as one
+batch of all of them would give with equal micro-batches. DDP all-reduces only on a group's last micro-batch
+(``no_sync`` before it). Clipping, the optimiser, the grad scaler, the lr schedule (counted in optimiser steps)
+and the EMA act once per group; SAM perturbs along the group's accumulated gradient and re-runs the group's
+micro-batches there. Epochs end on a group boundary, so the per-epoch checkpoints resume exactly.
 
 Per stage: freeze what the stage does not train, build optimiser / scheduler / loss / loader; per epoch:
 reseed from (seed, epoch, rank), train, validate, checkpoint. At the end the last weights and the best
@@ -28,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from longtail.engine import checkpoint as ckpt
-from longtail.engine.config import RunConfig, differing_keys, dump
+from longtail.engine.config import RunConfig, differing_keys, dump, from_dict
 from longtail.engine.distributed import all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from longtail.engine.evaluate import PRECISIONS, Evaluator, format_table, summarize, table_rows, write_split_report
 from longtail.engine.optim import SAM, build_optimizer, build_scheduler, check_schedule, frozen_batchnorm_stats
@@ -185,7 +194,7 @@ class Trainer:
                 f"{self.run_dir} already holds a finished run. Choose a new --run-dir, or pass --force to "
                 "train again from scratch there (its files are deleted)."
             )
-        differing = differing_keys(state["config"], self.config.to_dict())
+        differing = differing_keys(_with_current_defaults(state["config"]), self.config.to_dict())
         if differing:
             raise LongtailError(
                 f"Cannot resume {self.run_dir}: the config differs from the checkpoint's in "
@@ -292,7 +301,8 @@ class Trainer:
         params = self._freeze_for(stage)
         optimizer = build_optimizer(self.method.param_groups(stage, self.model, params), stage.optim)
         loader = self._train_loader(stage)
-        scheduler = build_scheduler(optimizer, stage.schedule, stage.optim.lr, len(loader))
+        steps_per_epoch = math.ceil(len(loader) / self.config.train.accumulate_steps)
+        scheduler = build_scheduler(optimizer, stage.schedule, stage.optim.lr, steps_per_epoch)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.config.train.precision == "fp16")
         self.ema = self._make_ema()
         if resume is not None:
@@ -344,6 +354,8 @@ class Trainer:
             module.eval()
         settings = self.config.train
         steps = len(run.loader)
+        accumulate = settings.accumulate_steps
+        group: list[Any] = []  # the micro-batches of the coming optimiser step, kept for SAM's second pass
         loss_sum = torch.zeros((), dtype=torch.float64)
         part_sums: dict[str, torch.Tensor] = {}
         seen = 0
@@ -360,8 +372,16 @@ class Trainer:
             batch = batch.to(self.device, non_blocking=True)
             if settings.channels_last:
                 batch = _channels_last(batch)
+            group_start = step - step % accumulate
+            group_size = min(accumulate, steps - group_start)
+            last = step + 1 == group_start + group_size
+            if run.sam is not None:
+                group.append(batch)
             try:
-                value = self._optimisation_step(run, batch, epoch)
+                value = self._accumulate(run, batch, epoch, step == group_start, group_size, last)
+                if last:
+                    self._optimisation_step(run, group, epoch)
+                    group = []
             except NonFiniteLoss as error:
                 raise LongtailError(
                     f"The loss became {error.value} at epoch {global_epoch + 1}, step {step + 1} (stage "
@@ -387,22 +407,32 @@ class Trainer:
         stats.update(lr=run.optimizer.param_groups[0]["lr"], images_per_s=totals[-1].item() / elapsed, epoch_s=elapsed)
         return stats
 
-    def _optimisation_step(self, run: StageRun, batch: Any, epoch: int) -> float:
-        """One update; returns the loss value (before the update), refusing a non-finite one."""
+    def _accumulate(self, run: StageRun, batch: Any, epoch: int, first: bool, group_size: int, last: bool) -> float:
+        """Add one micro-batch's gradient (of its loss / ``group_size``) to its group's, starting from zero when
+        ``first``, all-reducing under DDP when ``last``; returns the loss value, refusing a non-finite one."""
+        if first:
+            run.optimizer.zero_grad(set_to_none=True)
+        with gradient_sync(run.step_model, last):
+            with self._autocast():
+                loss, _ = self.method.training_step(run.step_model, batch, run.criterion, epoch)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLoss(value)
+            run.scaler.scale(loss / group_size).backward()
+        return value
+
+    def _optimisation_step(self, run: StageRun, group: list[Any], epoch: int) -> None:
+        """One update with the accumulated gradient; SAM first recomputes it at the perturbed weights from the
+        ``group`` of micro-batches."""
         optimizer, scaler = run.optimizer, run.scaler
-        optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            loss, _ = self.method.training_step(run.step_model, batch, run.criterion, epoch)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(value)
-        scaler.scale(loss).backward()
         if run.sam is not None:
             run.sam.perturb()
             optimizer.zero_grad(set_to_none=True)
-            with frozen_batchnorm_stats(self.model), self._autocast():
-                perturbed_loss, _ = self.method.training_step(run.step_model, batch, run.criterion, epoch)
-            perturbed_loss.backward()
+            for index, batch in enumerate(group):
+                with gradient_sync(run.step_model, index + 1 == len(group)):
+                    with frozen_batchnorm_stats(self.model), self._autocast():
+                        perturbed_loss, _ = self.method.training_step(run.step_model, batch, run.criterion, epoch)
+                    (perturbed_loss / len(group)).backward()
             run.sam.restore()
         if run.stage.optim.clip_grad is not None:
             scaler.unscale_(optimizer)
@@ -412,7 +442,6 @@ class Trainer:
         run.scheduler.step()
         if run.ema is not None:
             run.ema.update(self.model)
-        return value
 
     # ------------------------------------------------------------------ validation and checkpoints
 
@@ -532,6 +561,15 @@ def frozen_modules(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Where the forward and backward passes of a micro-batch run: DDP's ``no_sync`` unless ``sync`` (the
+    all-reduce waits for the last micro-batch of an optimiser step); nothing for a model without DDP."""
+    module = getattr(model, "_orig_mod", model)  # under torch.compile's wrapper
+    if sync or not isinstance(module, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return module.no_sync()
+
+
 def _channels_last(batch: Any) -> Any:
     strong = None if batch.strong is None else batch.strong.contiguous(memory_format=torch.channels_last)
     return replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last), strong=strong)
@@ -579,3 +617,12 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the defaults of keys added to the schema since it was written (so that a
+    run started before a new option existed can resume), or as saved if it no longer validates."""
+    try:
+        return from_dict(saved).to_dict()
+    except LongtailError:
+        return saved

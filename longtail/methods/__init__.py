@@ -4,3 +4,4 @@ from longtail.methods import deit_lt  # noqa: F401
 from longtail.methods import mdcs  # noqa: F401
 from longtail.methods import ride  # noqa: F401
 from longtail.methods import shike  # noqa: F401
+from longtail.methods import simclr  # noqa: F401

@@ -68,7 +68,7 @@ class Stage:
     optim: OptimConfig
     schedule: ScheduleConfig
     loss: LossConfig
-    sampler: str
+    sampler: str | dict[str, Any]  # a sampler name, or a mapping of name and options
     batch_size: int
     trainable: str = "all"
     reinit_head: bool = False

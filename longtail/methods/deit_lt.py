@@ -64,8 +64,13 @@ Where the official code differs from the paper, and what this module does:
   the student upsamples its input, and the teacher gets the batch as it is when the sizes agree.
 * RandAugment is torchvision's (2 operations, magnitude 9, batched by the loader), not timm's
   ``rand-m9-mstd0.5-inc1`` (which adds magnitude noise of std 0.5 and uses increasing-severity operations).
-* The official scripts sample with repeated augmentation (``RASampler``) and keep an EMA of the weights
-  (decay 0.99996) that they never evaluate; the recipes say what this library does instead.
+* Repeated augmentation and gradient accumulation are the official ones: the recipes sample with
+  ``data.sampler: {name: repeated, repeats: 3}`` (``longtail.data.samplers``: DeiT's ``RASampler``, three
+  independently augmented copies of each drawn image spread over the ranks, the epoch kept at one dataset's
+  length, without its rounding down to a multiple of 256 images) and step the optimiser once per 4 batches
+  (``train.accumulate_steps: 4``, the official ``--accum-iter 4``; the lr rule ignores it, as the official
+  code's does). The official EMA (decay 0.99996, never evaluated) is off: this library evaluates the EMA
+  whenever ``train.ema_decay > 0``.
 """
 
 from __future__ import annotations

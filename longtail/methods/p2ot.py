@@ -77,6 +77,7 @@ import longtail.models
 from longtail.clustering import P2OTSolver, SP2OTSolver, clustering_metrics, knn_similarity, restrict
 from longtail.clustering import rho_ramp as ramp_value
 from longtail.clustering.baselines import RAMPS
+from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
 from longtail.engine.config import ModelConfig, RunConfig
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.losses.registry import register_loss
@@ -397,8 +398,9 @@ class P2OT(Method):
              "trainer's report needs one cluster per class (for an iNat subset, pass data.args.list_root=<the "
              "folder written by `longtail cluster --inat-subset N`>)"),
             (config.data.two_views, "it trains on two views of every image: set data.two_views=true"),
-            (config.data.sampler == "instance",
-             f"data.sampler='{config.data.sampler}' draws by label; clustering must use data.sampler=instance"),
+            (sampler_name(config.data.sampler) in LABEL_FREE_SAMPLERS,
+             f"data.sampler={config.data.sampler!r} draws by label; clustering must use a label-free sampler "
+             f"({' or '.join(LABEL_FREE_SAMPLERS)})"),
             (config.data.val_per_class == 0,
              "a labelled validation split would put labels into clustering: set data.val_per_class=0 "
              "(the best epoch is selected without labels, by the logged loss_normalized)"),

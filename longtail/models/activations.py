@@ -35,13 +35,17 @@ same in both.
 
 **Speed.** AGLU runs as one autograd function that saves only z and the (tiny) parameters and recomputes p
 in the backward, in float32 for bfloat16/float16 inputs (output in the input dtype; the input gradient in
-the input's memory format, so a channels_last network stays channels_last). Below float64, log1p(t) on
-t = e^{−|a|} ∈ (0, 1] is its series 2·atanh(t/(2 + t)), which costs a third of the library log1p on CPU
-(the most expensive part of the kernel) at float32 accuracy. The forward and backward bodies are fused
-into one loop each by ``torch.compile`` on CPU and CUDA for tensors of at least
-``COMPILE_MIN_NUMEL`` elements (smaller ones and float64 run eagerly, where compiling does not pay);
-``set_aglu_kernels('eager' | 'compiled' | 'auto')`` or the environment variable ``LONGTAIL_AGLU_KERNELS``
-choose. If compiling fails (no C++ compiler, no Triton), AGLU warns once and runs eagerly.
+the input's memory format, so a channels_last network stays channels_last). Below float64, log1p(t) on t =
+e^{−|a|} ∈ (0, 1] is 2·atanh(u), u = t/(2 + t), by a degree-4 polynomial in u² fitted at Chebyshev nodes
+(float32 rounding accuracy at a fraction of the library log1p's cost on CPU). A bfloat16/float16 input on
+CPU takes only 2^16 values, so its forward computes AGLU once for each of them (per channel) and reads the
+output from that table: the elementwise numbers, at a third to a half of their cost, when the tables are at
+most a quarter of the input's size (``LOOKUP_MAX_SHARE``). The elementwise forward and the backward are
+fused into one loop each, parameter-gradient sums included, by ``torch.compile`` on CPU and CUDA for tensors
+of at least ``COMPILE_MIN_NUMEL`` elements (smaller ones and float64 run eagerly, where compiling does not
+pay); ``set_aglu_kernels('eager' | 'compiled' | 'auto')`` or the environment variable
+``LONGTAIL_AGLU_KERNELS`` choose. If compiling fails (no C++ compiler, no Triton), AGLU warns once and runs
+eagerly.
 
 **The switch.** ``replace_activations(model, name)`` replaces every activation module of a model (see
 ``REPLACEABLE``) by a fresh instance of the named activation, one per call site, so each occurrence learns
@@ -61,12 +65,13 @@ the default is one (κ, λ) per call site, as the reference's ``UniRect()``.
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import torch
@@ -84,7 +89,22 @@ AGLU_LAMBDA_EPS = 1e-8
 LAMBDA_GRADS = ("exact", "official")
 KERNEL_MODES = ("auto", "compiled", "eager")
 COMPILE_MIN_NUMEL = 1 << 18
-LOG1P_TERMS = 9
+# Q(w) = Σ c_k·w^k ≈ atanh(√w)/√w on [0, 1/9], fitted at Chebyshev nodes: 2u·Q(u²) is log1p(t) to float32
+# rounding (u = t/(2 + t)).
+LOG1P_ATANH_COEFFS = (
+    1.000000003938874, 0.3333315796754127, 0.200124268616977, 0.139807094179743, 0.14087328628733034
+)
+# Inductor options per kernel. Without them, it would store the λ-gradient's long elementwise operand to
+# memory before summing it, and check every table index (which the lookup keeps in range) at a third of
+# the lookup's cost.
+COMPILE_OPTIONS: dict[str, dict[str, Any]] = {
+    "forward": {},
+    "lookup": {"assert_indirect_indexing": False},
+    "backward": {"realize_opcount_threshold": 1 << 16},
+}
+LOOKUP_DTYPES = (torch.bfloat16, torch.float16)
+LOOKUP_SIZE = 1 << 16
+LOOKUP_MAX_SHARE = 4
 _COMPILED_DEVICES = ("cpu", "cuda")
 
 
@@ -112,15 +132,16 @@ def _broadcast(param: torch.Tensor, x: torch.Tensor, channel_dim: int) -> torch.
 
 
 def _log1p_unit(t: torch.Tensor) -> torch.Tensor:
-    """log(1 + t) for t in [0, 1]: in float64 torch.log1p; otherwise its series 2·atanh(u), u = t/(2 + t)
-    ≤ 1/3, to float32 rounding with 9 terms and 2.5x faster than the vectorised library log1p on CPU."""
+    """log(1 + t) for t in [0, 1]: in float64 torch.log1p; otherwise 2·atanh(u) = 2u·Q(u²), u = t/(2 + t)
+    ≤ 1/3, with Q of ``LOG1P_ATANH_COEFFS`` (float32 rounding accuracy, several times faster than the
+    vectorised library log1p on CPU)."""
     if t.dtype == torch.float64:
         return torch.log1p(t)
     u = t / (2.0 + t)
     u2 = u * u
-    series = 1.0 / (2 * LOG1P_TERMS - 1)
-    for k in range(LOG1P_TERMS - 2, -1, -1):
-        series = series * u2 + 1.0 / (2 * k + 1)
+    series = LOG1P_ATANH_COEFFS[-1]
+    for coeff in reversed(LOG1P_ATANH_COEFFS[:-1]):
+        series = series * u2 + coeff
     return 2.0 * u * series
 
 
@@ -172,16 +193,17 @@ class _Kernels:
         self._compiled: dict[str, Callable[..., Any]] = {}
         self._failed = False
 
-    def run(self, name: str, eager: Callable[..., Any], x: torch.Tensor, *args: Any) -> Any:
-        if self._wants_compiled(x):
+    def run(self, name: str, body: Callable[..., Any], size_of: torch.Tensor, *args: Any) -> Any:
+        """``body(*args)``, compiled if ``size_of`` (the activation's input) is worth it."""
+        if self._wants_compiled(size_of):
             try:
                 if name not in self._compiled:
-                    self._compiled[name] = torch.compile(eager, dynamic=None)
-                return self._compiled[name](x, *args)
+                    self._compiled[name] = torch.compile(body, dynamic=None, options=COMPILE_OPTIONS[name])
+                return self._compiled[name](*args)
             except Exception as error:  # noqa: BLE001 - any compiler failure falls back to the same math
                 self._failed = True
                 warnings.warn(f"AGLU: torch.compile failed ({type(error).__name__}: {error}); running eagerly.")
-        return eager(x, *args)
+        return body(*args)
 
     def _wants_compiled(self, x: torch.Tensor) -> bool:
         mode = self.mode or os.environ.get("LONGTAIL_AGLU_KERNELS", "auto")
@@ -205,14 +227,17 @@ def set_aglu_kernels(mode: str) -> None:
 
 
 class _AGLUFunction(torch.autograd.Function):
-    """AGLU(z) with l > 0 given; saves z, l, κ and recomputes p in the backward."""
+    """AGLU(z) with l > 0 given (read from a table for large 16-bit CPU inputs); saves z, l, κ and
+    recomputes p in the backward."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, l: torch.Tensor, kappa: torch.Tensor, exact_lambda: bool) -> torch.Tensor:
         ctx.save_for_backward(x, l, kappa)
         ctx.exact_lambda = exact_lambda
         kappa_c, log_l, inv_l = _kernel_params(x, l, kappa)
-        return _KERNELS.run("forward", _aglu_values, x, kappa_c, log_l, inv_l)
+        if _uses_lookup(x, kappa):
+            return _lookup_values(x, kappa_c, log_l, inv_l)
+        return _KERNELS.run("forward", _aglu_values, x, x, kappa_c, log_l, inv_l)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
@@ -223,7 +248,7 @@ class _AGLUFunction(torch.autograd.Function):
         # One layout for both streamed inputs: a fused loop over mixed layouts is twice as slow as a copy.
         grad = grad.contiguous(memory_format=memory_format)
         grad_x, grad_kappa, grad_l = _KERNELS.run(
-            "backward", _aglu_grads, x, grad, kappa_c, log_l, inv_l, reduce_dims, ctx.exact_lambda, memory_format
+            "backward", _aglu_grads, x, x, grad, kappa_c, log_l, inv_l, reduce_dims, ctx.exact_lambda, memory_format
         )
         return grad_x, grad_l.to(l.dtype), grad_kappa.to(kappa.dtype), None
 
@@ -234,6 +259,57 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
         return torch.channels_last_3d
     return torch.contiguous_format
+
+
+def _uses_lookup(x: torch.Tensor, kappa: torch.Tensor) -> bool:
+    """A 16-bit CPU input whose tables (one per channel) cost at most a quarter of computing it elementwise."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in LOOKUP_DTYPES
+        and kappa.numel() * LOOKUP_SIZE * LOOKUP_MAX_SHARE <= x.numel()
+    )
+
+
+@cache
+def _all_values(dtype: torch.dtype) -> torch.Tensor:
+    """Every value of a 16-bit dtype, at index (signed bit pattern + 2^15)."""
+    return torch.arange(-LOOKUP_SIZE // 2, LOOKUP_SIZE // 2, dtype=torch.int32).to(torch.int16).view(dtype)
+
+
+def _lookup(bits: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return table[bits.to(torch.int32) + offsets]
+
+
+def _lookup_values(x: torch.Tensor, kappa: torch.Tensor, log_l: torch.Tensor, inv_l: torch.Tensor) -> torch.Tensor:
+    """AGLU(x) read from a table of AGLU at all 2^16 values of x's dtype (per channel): the same numbers as
+    the elementwise computation at a fraction of its cost. The table is a kernel of its own: compiled
+    together with the lookup, inductor would inline its formula into the lookup."""
+    column = (kappa.numel(), 1)
+    table = _KERNELS.run(
+        "forward", _aglu_values, x, _all_values(x.dtype), kappa.reshape(column), log_l.reshape(column),
+        inv_l.reshape(column),
+    )
+    order = _dense_order(x)
+    bits = x.permute(order).contiguous().view(torch.int16)
+    offsets = _table_offsets(tuple(kappa.shape), tuple(order))
+    return _KERNELS.run("lookup", _lookup, x, bits, table.reshape(-1), offsets).permute(_inverse(order))
+
+
+@cache
+def _table_offsets(param_shape: tuple[int, ...], order: tuple[int, ...]) -> torch.Tensor:
+    """Where each channel's table starts in the flat tables, plus 2^15 (see ``_all_values``), permuted."""
+    channels = torch.arange(math.prod(param_shape), dtype=torch.int32).reshape(param_shape)
+    return (LOOKUP_SIZE // 2 + LOOKUP_SIZE * channels).permute(order)
+
+
+def _dense_order(x: torch.Tensor) -> list[int]:
+    """The dims of x from outermost to innermost in memory: x.permute of them is contiguous for a dense x,
+    so the lookup runs over memory in order and its result keeps x's layout."""
+    return sorted(range(x.dim()), key=lambda dim: -x.stride(dim))
+
+
+def _inverse(order: list[int]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
 
 
 def _kernel_params(x: torch.Tensor, l: torch.Tensor, kappa: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -435,8 +511,10 @@ def _call_sites(parent: nn.Module, targets: list[str]) -> dict[str, list[_CallSi
     """Call sites of each target child in ``parent``'s forward (one for a child it never calls). Where one
     child has several, the parent gets a forward in which call i uses ``<target>_<i>``. A forward that cannot
     be traced (and a ModuleList / ModuleDict, which has none) gives one site per child, sized from the
-    preceding sibling."""
-    graph = None if isinstance(parent, (nn.ModuleList, nn.ModuleDict)) else _trace(parent)
+    preceding sibling; so does a module that declares ``activations_called_once = True`` (its forward calls
+    each activation child once, right after the sibling registered before it), without tracing."""
+    untraced = isinstance(parent, (nn.ModuleList, nn.ModuleDict)) or getattr(parent, "activations_called_once", False)
+    graph = None if untraced else _trace(parent)
     if graph is None:
         return {target: [_sibling_site(parent, target)] for target in targets}
     nodes = {target: [n for n in graph.nodes if n.op == "call_module" and n.target == target] for target in targets}

@@ -5,6 +5,10 @@ z_k = head_k(f_k) (logits, (B, C)). The prediction is the mean of the experts, z
 feature is (1/K) Σ_k f_k; ``ModelOutput.expert_logits`` / ``expert_features`` stack z_k / f_k as (K, B, ·).
 The trunk output may be anything the branches accept (a tensor for RIDE, a pair of feature maps for SHIKE).
 
+The experts are an ``ExpertSet``: ``ExpertBranches`` (one module per expert, built from a list of branches) or
+a model's own batched set that evaluates the experts in one pass (``ride_resnet32``); either maps s and a
+``slice`` of experts to their pooled features (n, B, D).
+
 ``forward(x, num_experts=k)`` evaluates only the first k experts (RIDE's expert-assignment router);
 ``forward_trunk`` / ``forward_expert`` evaluate the parts one at a time (routed inference on subsets).
 
@@ -24,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from longtail.errors import LongtailError
@@ -55,35 +60,56 @@ def adjust_expert_logits(
     return expert_logits + lambdas.view(-1, 1, 1) * counts.log()
 
 
+class ExpertSet(nn.Module):
+    """K experts reading the trunk output: ``forward(shared, experts)`` -> pooled features (n, B, D) of the
+    experts ``experts.start`` … ``experts.stop - 1``."""
+
+    num_experts: int
+
+
+class ExpertBranches(ExpertSet, nn.ModuleList):
+    """One module per expert (``self[k]``), each followed by global average pooling."""
+
+    def __init__(self, branches: Sequence[nn.Module]) -> None:
+        ExpertSet.__init__(self)
+        nn.ModuleList.__init__(self, branches)
+
+    @property
+    def num_experts(self) -> int:
+        return len(self)
+
+    def forward(self, shared: Any, experts: slice) -> torch.Tensor:
+        return torch.stack([torch.flatten(F.adaptive_avg_pool2d(branch(shared), 1), 1) for branch in self[experts]])
+
+
 class MultiExpertNetwork(Network):
-    """``trunk`` shared by ``len(branches)`` experts; expert k = ``branches[k]`` + global average pool +
-    ``heads[k]``."""
+    """``trunk`` shared by the experts; expert k = branch k + global average pool + ``heads[k]``. ``branches``
+    is a list of per-expert modules or an ``ExpertSet``."""
 
     def __init__(
         self,
         trunk: nn.Module,
-        branches: Sequence[nn.Module],
+        branches: Sequence[nn.Module] | ExpertSet,
         heads: Sequence[nn.Module],
         retrain_heads: Sequence[nn.Module] | None = None,
         logit_adjust_exponents: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        if len(branches) < 1 or len(heads) != len(branches):
-            raise LongtailError(
-                f"Need at least one expert and one head per expert, got {len(branches)} and {len(heads)}."
-            )
-        if retrain_heads is not None and len(retrain_heads) != len(branches):
+        experts = branches if isinstance(branches, ExpertSet) else ExpertBranches(branches)
+        count = experts.num_experts
+        if count < 1 or len(heads) != count:
+            raise LongtailError(f"Need at least one expert and one head per expert, got {count} and {len(heads)}.")
+        if retrain_heads is not None and len(retrain_heads) != count:
             raise LongtailError(f"Need one re-training head per expert, got {len(retrain_heads)}.")
-        if logit_adjust_exponents is not None and len(logit_adjust_exponents) != len(branches):
+        if logit_adjust_exponents is not None and len(logit_adjust_exponents) != count:
             raise LongtailError(
-                f"logit_adjust_exponents has {len(logit_adjust_exponents)} values for {len(branches)} experts; "
+                f"logit_adjust_exponents has {len(logit_adjust_exponents)} values for {count} experts; "
                 "give one per expert (MDCS: [-0.5, 1, 2.5])."
             )
         self.trunk = trunk
-        self.experts = nn.ModuleList(branches)
+        self.experts = experts
         self.heads = nn.ModuleList(heads)
         self.retrain_heads = nn.ModuleList(retrain_heads) if retrain_heads is not None else None
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.logit_adjust_exponents = (
             None if logit_adjust_exponents is None else tuple(float(value) for value in logit_adjust_exponents)
         )
@@ -91,7 +117,7 @@ class MultiExpertNetwork(Network):
 
     @property
     def num_experts(self) -> int:
-        return len(self.experts)
+        return self.experts.num_experts
 
     def select_heads(self, head_set: str) -> None:
         """Use the 'main' heads or the 'retrain' heads from now on."""
@@ -117,15 +143,14 @@ class MultiExpertNetwork(Network):
 
     def forward_expert(self, shared: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, C), pooled features (B, D)) of expert ``index`` from the trunk output."""
-        features = self.pool(self.experts[index](shared))
+        features = self.experts(shared, slice(index, index + 1))[0]
         return self.active_heads()[index](features), features
 
     def forward(self, images: torch.Tensor, num_experts: int | None = None) -> ModelOutput:
         used = self._check_num_experts(num_experts)
-        shared = self.forward_trunk(images)
-        logits, features = zip(*(self.forward_expert(shared, index) for index in range(used)))
-        expert_logits = torch.stack(logits)
-        expert_features = torch.stack(features)
+        expert_features = self.experts(self.forward_trunk(images), slice(0, used))
+        heads = self.active_heads()
+        expert_logits = torch.stack([heads[index](expert_features[index]) for index in range(used)])
         return ModelOutput(
             logits=expert_logits.mean(dim=0),
             features=expert_features.mean(dim=0),
@@ -134,8 +159,7 @@ class MultiExpertNetwork(Network):
         )
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        shared = self.forward_trunk(images)
-        return torch.stack([self.pool(branch(shared)) for branch in self.experts]).mean(dim=0)
+        return self.experts(self.forward_trunk(images), slice(0, self.num_experts)).mean(dim=0)
 
     def adjusted_expert_logits(
         self, expert_logits: torch.Tensor, class_counts: Sequence[float] | torch.Tensor
