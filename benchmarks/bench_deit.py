@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from _timing import interleaved_step_times
 
 from longtail.data.batch import Batch
-from longtail.engine.config import LossConfig, RunConfig
+from longtail.engine.config import LossConfig, OptimConfig, RunConfig
+from longtail.engine.optim import build_optimizer
 from longtail.losses import create as create_loss
 from longtail.methods.deit_lt import DeiTLT, FrozenTeacher
 from longtail.models import create
@@ -76,7 +77,7 @@ def deit_lt_method(args: argparse.Namespace) -> DeiTLT:
 def make_step(args: argparse.Namespace, name: str, mode: str) -> Callable[[], None]:
     torch.manual_seed(0)
     model = create(name, num_classes=args.num_classes, drop_path_rate=0.1).to(args.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2.5e-4, weight_decay=0.05)
+    optimizer = build_optimizer([{"params": list(model.parameters())}], OptimConfig(name="adamw", lr=2.5e-4, weight_decay=0.05))
     batch = make_batch(args)
     device_type = torch.device(args.device).type
     if mode == "deit_lt":

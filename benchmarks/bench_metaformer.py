@@ -1,4 +1,5 @@
-"""MetaFG training throughput (images/s): forward, cross-entropy, backward and AdamW step on random data.
+"""MetaFG training throughput (images/s): forward, cross-entropy, backward and the trainer's (fused) AdamW step
+on random data.
 
     python benchmarks/bench_metaformer.py                       # MetaFG-0 at 32x32 and 224x224
     python benchmarks/bench_metaformer.py --sizes 32 --steps 3 --warmup 1 --batch-size 8   # quick check
@@ -20,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from longtail.engine.config import OptimConfig
+from longtail.engine.optim import build_optimizer
 from longtail.models import create
 
 SPATIOTEMPORAL = {"spatiotemporal": (4, 3)}
@@ -53,7 +56,7 @@ def time_training(args: argparse.Namespace, size: int, channels_last: bool) -> d
                    meta_groups=SPATIOTEMPORAL if args.meta else None).to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    optimizer = build_optimizer([{"params": list(model.parameters())}], OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05))
     images = torch.randn(batch_size, 3, size, size, device=device).to(memory_format=memory_format)
     targets = torch.randint(0, args.num_classes, (batch_size,), device=device)
     meta = torch.randn(batch_size, 7, device=device) if args.meta else None

@@ -33,6 +33,7 @@ from longtail.engine.trainer import StageRun, Trainer, _channels_last
 
 VARIANTS = {
     "bf16+channels_last": ["train.precision=bf16", "train.channels_last=true"],
+    "bf16+channels_last+compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
     "bf16": ["train.precision=bf16", "train.channels_last=false"],
     "fp32+channels_last": ["train.precision=fp32", "train.channels_last=true"],
 }

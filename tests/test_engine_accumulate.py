@@ -12,6 +12,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny import TINY_MLP, TinyMLP
 from torch import nn
 
 from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
@@ -20,25 +21,9 @@ from longtail.engine.optim import lr_factor
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.baselines import ERM
-from longtail.models.base import SingleHeadNetwork
-from longtail.models.registry import MODELS, register_model
 
-MODEL = "test_accumulate_mlp"
 TRAIN_IMAGES = 502  # digits-lt IF 10 with 5 validation images per class: 31 batches of 16, 62 of 8
 
-
-class TinyMLP(SingleHeadNetwork):
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU())
-        self.head = nn.Linear(32, num_classes)
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images)
-
-
-if MODEL not in MODELS:
-    register_model(MODEL)(TinyMLP)
 
 CONFIG = {
     "data": {
@@ -49,7 +34,7 @@ CONFIG = {
         "augment": "none",
         "args": {"image_size": 8},
     },
-    "model": {"name": MODEL},
+    "model": {"name": TINY_MLP},
     "optim": {"lr": 0.05, "weight_decay": 5e-4, "nesterov": True},
     "schedule": {"name": "cosine", "epochs": 2, "warmup_epochs": 1},
     "train": {"progress": False},

@@ -10,29 +10,11 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch import nn
+from tiny import TINY_MLP
 
 from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
 from longtail.engine.config import from_dict
 from longtail.engine.trainer import train
-from longtail.models.base import SingleHeadNetwork
-from longtail.models.registry import MODELS, register_model
-
-MODEL = "test_ddp_mlp"
-
-
-class TinyMLP(SingleHeadNetwork):
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU())
-        self.head = nn.Linear(32, num_classes)
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images)
-
-
-if MODEL not in MODELS:
-    register_model(MODEL)(TinyMLP)
 
 CONFIG = {
     "data": {
@@ -43,7 +25,7 @@ CONFIG = {
         "augment": "none",
         "args": {"image_size": 8},
     },
-    "model": {"name": MODEL},
+    "model": {"name": TINY_MLP},
     "optim": {"lr": 0.05, "weight_decay": 5e-4},
     "schedule": {"name": "cosine", "epochs": 2, "warmup_epochs": 1},
     "train": {"progress": False},

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import longtail.models
-from longtail.clustering import P2OTSolver, SP2OTSolver, clustering_metrics, knn_similarity, restrict
+from longtail.clustering import (
+    P2OTSolver,
+    SP2OTSolver,
+    clustering_metrics,
+    knn_similarity,
+    restrict,
+)
 from longtail.clustering import rho_ramp as ramp_value
 from longtail.clustering.baselines import RAMPS
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
@@ -82,7 +88,7 @@ from longtail.engine.config import ModelConfig, RunConfig
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, Stage, register_method, unwrap
-from longtail.models.base import Network
+from longtail.models.base import SingleHeadNetwork
 from longtail.models.heads import CosineHead
 from longtail.models.output import ModelOutput
 
@@ -224,7 +230,7 @@ class TimmFeatures(nn.Module):
         return self.model(images)
 
 
-class ClusteringNetwork(Network):
+class ClusteringNetwork(SingleHeadNetwork):
     """Backbone features -> cosine head with K outputs; ``memory`` (the logits bank) and ``graph`` (SP²OT)."""
 
     def __init__(self, backbone: nn.Module, num_features: int, num_clusters: int, logit_scale: float,
@@ -240,16 +246,6 @@ class ClusteringNetwork(Network):
         if self.input_size is not None and images.shape[-1] != self.input_size:
             images = F.interpolate(images, size=self.input_size, mode="bicubic", align_corners=False)
         return self.backbone.forward_features(images)
-
-    def forward(self, images: Tensor) -> ModelOutput:
-        features = self.forward_features(images)
-        return ModelOutput(logits=self.head(features), features=features)
-
-    def head_modules(self) -> list[nn.Module]:
-        return [self.head]
-
-    def replace_heads(self, fn: Callable[[nn.Module], nn.Module]) -> None:
-        self.head = fn(self.head)
 
     def last_block(self) -> nn.Module:
         """The backbone's last transformer block or last residual block."""
@@ -399,8 +395,8 @@ class P2OT(Method):
              "folder written by `longtail cluster --inat-subset N`>)"),
             (config.data.two_views, "it trains on two views of every image: set data.two_views=true"),
             (sampler_name(config.data.sampler) in LABEL_FREE_SAMPLERS,
-             f"data.sampler={config.data.sampler!r} draws by label; clustering must use a label-free sampler "
-             f"({' or '.join(LABEL_FREE_SAMPLERS)})"),
+             (f"data.sampler={config.data.sampler!r} draws by label; clustering must use a label-free sampler "
+              f"({' or '.join(LABEL_FREE_SAMPLERS)})")),
             (config.data.val_per_class == 0,
              "a labelled validation split would put labels into clustering: set data.val_per_class=0 "
              "(the best epoch is selected without labels, by the logged loss_normalized)"),

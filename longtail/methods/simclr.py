@@ -41,7 +41,6 @@ gathers the negatives of all devices).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,7 +55,7 @@ from longtail.errors import LongtailError
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, register_method, unwrap
 from longtail.methods.p2ot import build_backbone, training_set_features
-from longtail.models.base import Network
+from longtail.models.base import SingleHeadNetwork
 from longtail.models.output import ModelOutput
 
 LOSS_NAME = "nt-xent"
@@ -104,28 +103,18 @@ class NTXentLoss(nn.Module):
 # ---------------------------------------------------------------------------------------------- the model
 
 
-class ContrastiveNetwork(Network):
+class ContrastiveNetwork(SingleHeadNetwork):
     """Backbone features ``h`` -> projection MLP ``z = W2 ReLU(W1 h)``; the projection head is the model's head."""
 
     def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int, projection_dim: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = nn.Sequential(
+        self.head = nn.Sequential(
             nn.Linear(num_features, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, projection_dim)
         )
 
     def forward_features(self, images: Tensor) -> Tensor:
         return self.backbone.forward_features(images)
-
-    def forward(self, images: Tensor) -> ModelOutput:
-        features = self.forward_features(images)
-        return ModelOutput(logits=self.projector(features), features=features)
-
-    def head_modules(self) -> list[nn.Module]:
-        return [self.projector]
-
-    def replace_heads(self, fn: Callable[[nn.Module], nn.Module]) -> None:
-        self.projector = fn(self.projector)
 
 
 # ---------------------------------------------------------------------------------------------- the method
@@ -168,8 +157,8 @@ class SimCLR(Method):
         rules = [
             (config.data.two_views, "it contrasts two views of every image: set data.two_views=true"),
             (sampler_name(config.data.sampler) in LABEL_FREE_SAMPLERS,
-             f"data.sampler={config.data.sampler!r} draws by label; self-supervised training must use a "
-             f"label-free sampler ({' or '.join(LABEL_FREE_SAMPLERS)})"),
+             (f"data.sampler={config.data.sampler!r} draws by label; self-supervised training must use a "
+              f"label-free sampler ({' or '.join(LABEL_FREE_SAMPLERS)})")),
             (config.loss.name == LOSS_NAME, f"set loss.name={LOSS_NAME} (got '{config.loss.name}')"),
             (min(self.hidden_dim, self.projection_dim) >= 1,
              f"hidden_dim and projection_dim must be >= 1, got {self.hidden_dim} and {self.projection_dim}"),
