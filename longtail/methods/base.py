@@ -44,7 +44,7 @@ from torch import nn
 import longtail.losses
 import longtail.models
 from longtail.engine.config import LossConfig, OptimConfig, RunConfig, ScheduleConfig, stage_optim, stage_schedule
-from longtail.errors import unknown_name_error
+from longtail.errors import LongtailError, unknown_name_error
 from longtail.models.output import ModelOutput
 from longtail.registry import Registry, check_options
 
@@ -191,6 +191,13 @@ def accepts_meta(model: nn.Module) -> bool:
     if cls not in _ACCEPTS_META:
         _ACCEPTS_META[cls] = "meta" in inspect.signature(cls.forward).parameters
     return _ACCEPTS_META[cls]
+
+
+def both_views(batch: Any, method_name: str) -> torch.Tensor:
+    """The weak and strong views of a two-view batch stacked into one (2B, 3, H, W) forward input."""
+    if batch.strong is None:
+        raise LongtailError(f"Method '{method_name}' needs two-view batches (Batch.strong): set data.two_views=true.")
+    return torch.cat([batch.images, batch.strong])
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -71,7 +71,7 @@ from longtail.engine.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss
 from longtail.losses.registry import register_loss
-from longtail.methods.base import Method, register_method
+from longtail.methods.base import Method, both_views, register_method
 from longtail.methods.ride import expert_cross_entropy, require_class_targets, require_expert_logits
 from longtail.models.output import ModelOutput
 
@@ -242,7 +242,5 @@ class MDCS(Method):
     def training_step(
         self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
     ) -> tuple[Tensor, ModelOutput]:
-        if batch.strong is None:
-            raise LongtailError("MDCS needs two-view batches (Batch.strong); create the loader with two_views=True.")
-        output = model(torch.cat([batch.images, batch.strong]))
+        output = model(both_views(batch, self.config.method.name))
         return criterion(in_float32(output), batch.targets), output

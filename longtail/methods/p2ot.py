@@ -87,7 +87,7 @@ from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
 from longtail.engine.config import ModelConfig, RunConfig
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.losses.registry import register_loss
-from longtail.methods.base import Method, Stage, register_method, unwrap
+from longtail.methods.base import Method, Stage, both_views, register_method, unwrap
 from longtail.models.base import SingleHeadNetwork
 from longtail.models.heads import CosineHead
 from longtail.models.output import ModelOutput
@@ -461,12 +461,9 @@ class P2OT(Method):
     def training_step(
         self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
     ) -> tuple[Tensor, ModelOutput]:
-        if batch.strong is None:
-            raise LongtailError(f"Method '{self.config.method.name}' needs two views (Batch.strong); set "
-                                "data.two_views=true.")
         network = unwrap(model)
         rho = self.rho(epoch)
-        output = model(torch.cat([batch.images, batch.strong]))
+        output = model(both_views(batch, self.config.method.name))
         logits = output.logits.float()
         views = logits.detach().view(VIEWS, len(batch), -1)
         with torch.autocast(logits.device.type, enabled=False):

@@ -53,7 +53,7 @@ from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
 from longtail.engine.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.losses.registry import register_loss
-from longtail.methods.base import Method, register_method, unwrap
+from longtail.methods.base import Method, both_views, register_method, unwrap
 from longtail.methods.p2ot import build_backbone, training_set_features
 from longtail.models.base import SingleHeadNetwork
 from longtail.models.output import ModelOutput
@@ -176,10 +176,7 @@ class SimCLR(Method):
     def training_step(
         self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
     ) -> tuple[Tensor, ModelOutput]:
-        if batch.strong is None:
-            raise LongtailError(f"Method '{self.config.method.name}' needs two views (Batch.strong); set "
-                                "data.two_views=true.")
-        output = model(torch.cat([batch.images, batch.strong]))
+        output = model(both_views(batch, self.config.method.name))
         self._steps += 1
         return criterion(output), output
 
