@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from _timing import interleaved_step_times
 from torch import nn
 
+from longtail.engine.host_memory import keep_freed_memory
 from longtail.models import create
 from longtail.models.activations import AGLU, AGLU_LAMBDA_EPS, replace_activations, set_aglu_kernels
 
@@ -93,6 +94,7 @@ def training_step(args: argparse.Namespace, activation: str) -> Callable[[], Non
 
 def main() -> None:
     args = parse_args()
+    keep_freed_memory()  # as the trainer does on the CPU
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = {activation: training_step(args, activation) for activation in args.activations}

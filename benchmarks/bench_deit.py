@@ -25,6 +25,7 @@ from _timing import interleaved_step_times
 
 from longtail.data.batch import Batch
 from longtail.engine.config import LossConfig, OptimConfig, RunConfig
+from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import build_optimizer
 from longtail.losses import create as create_loss
 from longtail.methods.deit_lt import DeiTLT, FrozenTeacher
@@ -112,6 +113,7 @@ def make_step(args: argparse.Namespace, name: str, mode: str) -> Callable[[], No
 
 def main() -> None:
     args = parse_args()
+    keep_freed_memory()  # as the trainer does on the CPU
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = {(name, mode): make_step(args, name, mode) for name in args.models for mode in args.modes}

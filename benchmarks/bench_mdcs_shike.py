@@ -29,6 +29,7 @@ from longtail.data.augment import AugmentSpec
 from longtail.data.cifar import CIFAR10_STATS
 from longtail.data.memory import ArrayStore, InMemoryImages
 from longtail.engine.config import resolve
+from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import build_optimizer
 from longtail.engine.trainer import frozen_modules
 from longtail.errors import LongtailError
@@ -155,6 +156,7 @@ class StageBench:
 
 def main() -> None:
     args = parse_args()
+    keep_freed_memory()  # as the trainer does on the CPU
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     counts, dataset, source = training_set(args.root)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from longtail.engine.config import OptimConfig
+from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import build_optimizer
 from longtail.models import create
 
@@ -93,6 +94,7 @@ def synchronize(device: torch.device) -> None:
 
 def main() -> None:
     args = parse_args()
+    keep_freed_memory()  # as the trainer does on the CPU
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -29,6 +29,7 @@ import torch
 from _timing import interleaved_step_times
 
 from longtail.engine.config import resolve
+from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.trainer import StageRun, Trainer, _channels_last
 
 VARIANTS = {
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="cifar10-lt-if100-ce", help="recipe of the --relative reference")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
     args = parser.parse_args()
+    keep_freed_memory()  # as the trainer does on the CPU
     if args.threads:
         torch.set_num_threads(args.threads)
 

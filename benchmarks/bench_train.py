@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from longtail.engine.config import from_dict
+from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.trainer import train
 from longtail.models import create
 
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--model-steps", type=int, default=30)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = parser.parse_args()
+    keep_freed_memory()  # as the trainer does on the CPU
     print(f"ResNet-32, {args.dataset}, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{'setting':<22}{'model alone':>14}{'trainer':>12}{'added':>9}")
     for name in args.settings:

@@ -40,6 +40,7 @@ from longtail.engine import checkpoint as ckpt
 from longtail.engine.config import RunConfig, differing_keys, dump, from_dict
 from longtail.engine.distributed import all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from longtail.engine.evaluate import PRECISIONS, Evaluator, format_table, summarize, table_rows, write_split_report
+from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import SAM, build_optimizer, build_scheduler, check_schedule, frozen_batchnorm_stats
 from longtail.errors import LongtailError
 from longtail.evaluation.metrics import evaluate
@@ -137,6 +138,8 @@ class Trainer:
                 device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(device)
         self.device = device
+        if device.type == "cpu":
+            keep_freed_memory()
         self.autocast_dtype = self._check_precision()
         self.resume_state = self._prepare_run_dir(resume, force)
         self._set_determinism()
