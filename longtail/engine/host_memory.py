@@ -5,12 +5,12 @@ PyTorch's CPU tensors come straight from ``malloc``. glibc serves blocks above i
 than its trim threshold is free. A training step allocates and frees the same multi-megabyte activation and
 gradient tensors every step, so with the defaults each step page-faults (and zeroes) much of its working set
 again. Fixing the mmap threshold at glibc's maximum (32 MiB) and not trimming below 1 GiB keeps those pages:
-measured on the 2-core CPU of the README, 5-7 % faster RIDE ResNet-32 steps and 7 % faster ResNet-32 steps
-(both at 1 thread, bf16). The cost is that the process keeps its peak heap size until it exits, as a caching
+measured on the 2-core CPU of the README (bf16), 5-7 % faster RIDE ResNet-32 steps (1 and 2 threads) and 7 %
+faster ResNet-32 steps (1 thread). The cost is that the process keeps its peak heap size until it exits, as a caching
 allocator (jemalloc, tcmalloc, PyTorch's CUDA allocator) does.
 
 The trainer applies this for training on the CPU. Nothing changes where the C library is not glibc, or where the
-user already chose (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` set, or an allocator preloaded with
+user already chose (any of ``USER_SETTINGS`` set in the environment, or an allocator preloaded with
 ``LD_PRELOAD``).
 """
 
