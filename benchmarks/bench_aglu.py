@@ -7,8 +7,10 @@
 Each activation gets its own model (same seed), channels_last, bf16 autocast, SGD with momentum. The
 models' steps are interleaved (relu, aglu, relu, aglu, ...) so that load from other processes hits them
 alike, and the median step time is reported with its ratio to the first activation. ``aglu`` uses the
-fused kernels (``torch.compile``; the first steps compile them; under bf16 the forward reads a table of
-AGLU at all 2^16 bf16 values), ``aglu_eager`` the same autograd function without compiling,
+library's default kernels (under bf16 on the CPU: forward and backward read tables of AGLU and its
+derivatives at all 2^16 bf16 values, in the C++ kernels, built on first use), ``aglu_compiled`` the
+``torch.compile``-fused elementwise kernels instead (``set_aglu_kernels('compiled')``; the first steps
+compile them), ``aglu_eager`` the same autograd function without compiling,
 ``aglu_autograd`` plain autograd through the forward formula (how the reference's ``Unified`` runs), to
 show what fusing buys.
 """
@@ -41,7 +43,7 @@ class AutogradAGLU(AGLU):
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet32")
-    parser.add_argument("--activations", nargs="+", default=["relu", "aglu", "aglu_eager"])
+    parser.add_argument("--activations", nargs="+", default=["relu", "aglu", "aglu_compiled"])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--num-classes", type=int, default=100)
@@ -62,7 +64,7 @@ def build(args: argparse.Namespace, activation: str) -> nn.Module:
             if isinstance(module, AGLU):
                 module.__class__ = AutogradAGLU
     else:
-        replace_activations(model, activation.removesuffix("_eager"))
+        replace_activations(model, activation.split("_")[0])
     return model.to(args.device, memory_format=torch.channels_last)
 
 
@@ -74,7 +76,7 @@ def training_step(args: argparse.Namespace, activation: str) -> Callable[[], Non
     images = images.to(args.device, memory_format=torch.channels_last)
     targets = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(args.device)
     device_type = torch.device(args.device).type
-    kernels = "eager" if activation.endswith("_eager") else "auto"
+    kernels = {"aglu_eager": "eager", "aglu_compiled": "compiled"}.get(activation, "auto")
 
     def step() -> None:
         set_aglu_kernels(kernels)

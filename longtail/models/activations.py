@@ -38,14 +38,18 @@ in the backward, in float32 for bfloat16/float16 inputs (output in the input dty
 the input's memory format, so a channels_last network stays channels_last). Below float64, log1p(t) on t =
 e^{−|a|} ∈ (0, 1] is 2·atanh(u), u = t/(2 + t), by a degree-4 polynomial in u² fitted at Chebyshev nodes
 (float32 rounding accuracy at a fraction of the library log1p's cost on CPU). A bfloat16/float16 input on
-CPU takes only 2^16 values, so its forward computes AGLU once for each of them (per channel) and reads the
-output from that table: the elementwise numbers, at a third to a half of their cost, when the tables are at
-most a quarter of the input's size (``LOOKUP_MAX_SHARE``). The elementwise forward and the backward are
-fused into one loop each, parameter-gradient sums included, by ``torch.compile`` on CPU and CUDA for tensors
-of at least ``COMPILE_MIN_NUMEL`` elements (smaller ones and float64 run eagerly, where compiling does not
-pay); ``set_aglu_kernels('eager' | 'compiled' | 'auto')`` or the environment variable
-``LONGTAIL_AGLU_KERNELS`` choose. If compiling fails (no C++ compiler, no Triton), AGLU warns once and runs
-eagerly.
+CPU takes only 2^16 values, so AGLU is computed once for each of them (per channel) and read from that
+table when the tables are at most a quarter of the input's size (``LOOKUP_MAX_SHARE``). For bfloat16 (the
+trainer's CPU autocast) the backward does the same: the three local derivatives ∂y/∂z, ∂y/∂κ, ∂y/∂l are
+tabulated at all 2^16 values, and one pass gathers them (∂/∂z = g·D[z], ∂/∂κ = Σ g·K[z], ∂/∂l = Σ g·L[z]),
+in C++ kernels (``longtail/models/kernels/aglu_lookup.cpp``, AVX-512 gathers, built on first use; see
+``longtail.models.kernels``): the elementwise derivative costs two exponentials and a logarithm per
+element, the lookup three table reads. Elsewhere the elementwise forward and the backward are fused into
+one loop each, parameter-gradient sums included, by ``torch.compile`` on CPU and CUDA for tensors of at
+least ``COMPILE_MIN_NUMEL`` elements (smaller ones and float64 run eagerly, where compiling does not pay);
+``set_aglu_kernels('auto' | 'compiled' | 'eager')`` or the environment variable ``LONGTAIL_AGLU_KERNELS``
+choose ('compiled' skips the C++ kernels). If compiling fails (no C++ compiler, no Triton), AGLU warns once
+and runs eagerly.
 
 **The switch.** ``replace_activations(model, name)`` replaces every activation module of a model (see
 ``REPLACEABLE``) by a fresh instance of the named activation, one per call site, so each occurrence learns
@@ -72,6 +76,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, partial
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -82,6 +87,7 @@ from timm.layers import activations_me as timm_act_me
 from torch import fx, nn
 
 from longtail.errors import LongtailError
+from longtail.models.kernels import cpu_extension
 from longtail.registry import Registry
 
 APA_LAMBDA_MIN = 1e-4
@@ -101,10 +107,12 @@ COMPILE_OPTIONS: dict[str, dict[str, Any]] = {
     "forward": {},
     "lookup": {"assert_indirect_indexing": False},
     "backward": {"realize_opcount_threshold": 1 << 16},
+    "tables": {"realize_opcount_threshold": 1 << 16},
 }
 LOOKUP_DTYPES = (torch.bfloat16, torch.float16)
 LOOKUP_SIZE = 1 << 16
 LOOKUP_MAX_SHARE = 4
+NATIVE_MIN_RUN = 16
 _COMPILED_DEVICES = ("cpu", "cuda")
 
 
@@ -158,6 +166,18 @@ def _aglu_values(x: torch.Tensor, kappa: torch.Tensor, log_l: torch.Tensor, inv_
     return (z * torch.exp(log_sig * inv_l)).to(x.dtype)
 
 
+def _aglu_local_grads(
+    z: torch.Tensor, kappa: torch.Tensor, log_l: torch.Tensor, inv_l: torch.Tensor, exact_lambda: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(∂y/∂z, ∂y/∂κ, ∂y/∂l) of y = AGLU(z), elementwise (see the module docstring), in z's dtype."""
+    a = kappa * z - log_l
+    log_sig, tail = _log_sigmoid_and_tail(a)
+    p = torch.exp(log_sig * inv_l)
+    s = p * (torch.where(a >= 0, tail, 1.0) / (1.0 + tail)) * inv_l
+    lambda_term = s + p * log_sig * inv_l if exact_lambda else s
+    return p + kappa * z * s, z * z * s, -z * lambda_term * inv_l
+
+
 def _aglu_grads(
     x: torch.Tensor,
     grad: torch.Tensor,
@@ -172,17 +192,24 @@ def _aglu_grads(
     ``memory_format`` (x's: a channels_last model then keeps channels_last gradients, and batch-norm
     backward stays on its fast path)."""
     z, g = x.to(kappa.dtype), grad.to(kappa.dtype)
-    a = kappa * z - log_l
-    log_sig, tail = _log_sigmoid_and_tail(a)
-    p = torch.exp(log_sig * inv_l)
-    sigmoid_neg = torch.where(a >= 0, tail, 1.0) / (1.0 + tail)
-    s = p * sigmoid_neg * inv_l
-    gz = g * z
-    grad_x = (g * p + kappa * gz * s).to(x.dtype).contiguous(memory_format=memory_format)
-    grad_kappa = (gz * z * s).sum(reduce_dims, keepdim=True)
-    lambda_term = s + p * log_sig * inv_l if exact_lambda else s
-    grad_l = -(gz * lambda_term).sum(reduce_dims, keepdim=True) * inv_l
-    return grad_x, grad_kappa, grad_l
+    d_z, d_kappa, d_l = _aglu_local_grads(z, kappa, log_l, inv_l, exact_lambda)
+    grad_x = (g * d_z).to(x.dtype).contiguous(memory_format=memory_format)
+    return grad_x, (g * d_kappa).sum(reduce_dims, keepdim=True), (g * d_l).sum(reduce_dims, keepdim=True)
+
+
+def _lookup_tables(
+    values: torch.Tensor, l: torch.Tensor, kappa: torch.Tensor, exact_lambda: bool, with_grads: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The C++ kernels' tables, a row per (κ, l) of the columns (tables, 1), at every 16-bit value: AGLU in
+    the values' dtype, and (``with_grads``) float32 rows of ∂y/∂z followed by the pairs (∂y/∂κ, ∂y/∂l)
+    value by value, the layout the backward gathers. One body, so one compiled call serves both."""
+    log_l, inv_l = torch.log(l), torch.reciprocal(l)
+    table = _aglu_values(values, kappa, log_l, inv_l)
+    if not with_grads:
+        return table, None
+    d_z, d_kappa, d_l = _aglu_local_grads(values.to(kappa.dtype), kappa, log_l, inv_l, exact_lambda)
+    pairs = torch.stack([d_kappa, d_l], dim=-1).flatten(1)
+    return table, torch.cat([d_z, pairs], dim=1).to(torch.float32)
 
 
 class _Kernels:
@@ -205,8 +232,19 @@ class _Kernels:
                 warnings.warn(f"AGLU: torch.compile failed ({type(error).__name__}: {error}); running eagerly.")
         return body(*args)
 
+    def current_mode(self) -> str:
+        return self.mode or os.environ.get("LONGTAIL_AGLU_KERNELS", "auto")
+
+    def native(self, x: torch.Tensor) -> ModuleType | None:
+        """The C++ lookup kernels for x (bfloat16 on the CPU, mode 'auto', outside torch.compile), or None."""
+        if x.dtype != torch.bfloat16 or x.device.type != "cpu" or self.current_mode() != "auto":
+            return None
+        if torch.compiler.is_compiling():
+            return None
+        return cpu_extension("aglu_lookup")
+
     def _wants_compiled(self, x: torch.Tensor) -> bool:
-        mode = self.mode or os.environ.get("LONGTAIL_AGLU_KERNELS", "auto")
+        mode = self.current_mode()
         if mode == "eager" or self._failed or torch.compiler.is_compiling():
             return False
         if x.device.type not in _COMPILED_DEVICES:
@@ -220,20 +258,27 @@ _KERNELS = _Kernels()
 
 
 def set_aglu_kernels(mode: str) -> None:
-    """'auto' (compiled for large float32/bf16/fp16 tensors on CPU/CUDA), 'compiled' or 'eager'."""
+    """'auto' (C++ table-lookup kernels for large bf16 CPU tensors, torch.compile for other large tensors on
+    CPU/CUDA, eager for small ones), 'compiled' (torch.compile at every size, no C++ kernels) or 'eager'."""
     if mode not in KERNEL_MODES:
         raise LongtailError(f"AGLU kernels must be one of {', '.join(KERNEL_MODES)}, got {mode!r}.")
     _KERNELS.mode = mode
 
 
 class _AGLUFunction(torch.autograd.Function):
-    """AGLU(z) with l > 0 given (read from a table for large 16-bit CPU inputs); saves z, l, κ and
+    """AGLU(z) with l > 0 given. Large 16-bit CPU inputs read it from a table; bfloat16 ones through the C++
+    kernels, whose forward also tabulates the derivatives for the backward. Otherwise saves z, l, κ and
     recomputes p in the backward."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, l: torch.Tensor, kappa: torch.Tensor, exact_lambda: bool) -> torch.Tensor:
-        ctx.save_for_backward(x, l, kappa)
         ctx.exact_lambda = exact_lambda
+        ctx.native = _native_lookup(x, kappa) if _uses_lookup(x, kappa) else None
+        if ctx.native is not None:
+            out, derivatives = _native_forward(ctx.native, x, l, kappa, exact_lambda, any(ctx.needs_input_grad))
+            ctx.save_for_backward(x, l, kappa, derivatives)
+            return out
+        ctx.save_for_backward(x, l, kappa)
         kappa_c, log_l, inv_l = _kernel_params(x, l, kappa)
         if _uses_lookup(x, kappa):
             return _lookup_values(x, kappa_c, log_l, inv_l)
@@ -241,15 +286,19 @@ class _AGLUFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
-        x, l, kappa = ctx.saved_tensors
-        kappa_c, log_l, inv_l = _kernel_params(x, l, kappa)
-        reduce_dims = tuple(dim for dim in range(x.dim()) if kappa.shape[dim] == 1)
+        x, l, kappa = ctx.saved_tensors[:3]
         memory_format = _memory_format(x)
         # One layout for both streamed inputs: a fused loop over mixed layouts is twice as slow as a copy.
         grad = grad.contiguous(memory_format=memory_format)
-        grad_x, grad_kappa, grad_l = _KERNELS.run(
-            "backward", _aglu_grads, x, x, grad, kappa_c, log_l, inv_l, reduce_dims, ctx.exact_lambda, memory_format
-        )
+        if ctx.native is not None and grad.dtype == x.dtype and grad.stride() == x.stride():
+            grad_x, grad_kappa, grad_l = _native_backward(ctx.native, x, grad, ctx.saved_tensors[3], kappa)
+        else:
+            kappa_c, log_l, inv_l = _kernel_params(x, l, kappa)
+            reduce_dims = tuple(dim for dim in range(x.dim()) if kappa.shape[dim] == 1)
+            grad_x, grad_kappa, grad_l = _KERNELS.run(
+                "backward", _aglu_grads, x, x, grad, kappa_c, log_l, inv_l, reduce_dims, ctx.exact_lambda,
+                memory_format,
+            )
         return grad_x, grad_l.to(l.dtype), grad_kappa.to(kappa.dtype), None
 
 
@@ -293,6 +342,64 @@ def _lookup_values(x: torch.Tensor, kappa: torch.Tensor, log_l: torch.Tensor, in
     bits = x.permute(order).contiguous().view(torch.int16)
     offsets = _table_offsets(tuple(kappa.shape), tuple(order))
     return _KERNELS.run("lookup", _lookup, x, bits, table.reshape(-1), offsets).permute(_inverse(order))
+
+
+@dataclass(frozen=True)
+class _NativeLookup:
+    """How the C++ kernels walk x: ``order`` (a permutation making x contiguous, or None: any dense layout
+    will do with one table) as (outer, ``channels``, ``inner``) runs, one table per channel or one for all."""
+
+    kernels: ModuleType
+    channels: int
+    inner: int
+    order: list[int] | None
+
+    def walked(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.order is None else tensor.permute(self.order)
+
+    def restored(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.order is None else tensor.permute(_inverse(self.order))
+
+
+def _native_lookup(x: torch.Tensor, kappa: torch.Tensor) -> _NativeLookup | None:
+    """The C++ kernels' walk over x where they serve it: bfloat16 on the CPU, dense, and for per-channel
+    tables runs of at least ``NATIVE_MIN_RUN`` elements (a channels_last input's channels are innermost:
+    runs of one, where they do not pay)."""
+    kernels = _KERNELS.native(x)
+    order = _dense_order(x)
+    if kernels is None or not x.permute(order).is_contiguous():  # not dense: gaps or overlaps in memory
+        return None
+    if kappa.numel() == 1:
+        return _NativeLookup(kernels, 1, x.numel(), None)
+    channel_dim = next(dim for dim in range(x.dim()) if kappa.shape[dim] != 1)
+    inner = math.prod(x.shape[dim] for dim in order[order.index(channel_dim) + 1 :])
+    return _NativeLookup(kernels, x.shape[channel_dim], inner, order) if inner >= NATIVE_MIN_RUN else None
+
+
+def _native_forward(
+    native: _NativeLookup, x: torch.Tensor, l: torch.Tensor, kappa: torch.Tensor, exact_lambda: bool,
+    with_grads: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """AGLU(x) by the C++ lookup, and the derivative tables for the backward when gradients are wanted."""
+    dtype = _compute_dtype(x, kappa)
+    column = (kappa.numel(), 1)
+    table, derivatives = _KERNELS.run(
+        "tables", _lookup_tables, x, _all_values(x.dtype), l.to(dtype).reshape(column),
+        kappa.to(dtype).reshape(column), exact_lambda, with_grads,
+    )
+    out = native.kernels.forward(native.walked(x), table, native.channels, native.inner)
+    return native.restored(out), derivatives
+
+
+def _native_backward(
+    native: _NativeLookup, x: torch.Tensor, grad: torch.Tensor, derivatives: torch.Tensor, kappa: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(∂/∂z, ∂/∂κ, ∂/∂l) by one C++ pass that gathers the derivative tables (grad in x's layout)."""
+    grad_x, sums = native.kernels.backward(
+        native.walked(x), native.walked(grad), derivatives, native.channels, native.inner
+    )
+    sums = sums.to(_compute_dtype(x, kappa))
+    return native.restored(grad_x), sums[:, 0].reshape(kappa.shape), sums[:, 1].reshape(kappa.shape)
 
 
 @cache
