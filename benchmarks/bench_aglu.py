@@ -64,7 +64,7 @@ def build(args: argparse.Namespace, activation: str) -> nn.Module:
             if isinstance(module, AGLU):
                 module.__class__ = AutogradAGLU
     else:
-        replace_activations(model, activation.split("_")[0])
+        replace_activations(model, activation.removesuffix("_eager").removesuffix("_compiled"))
     return model.to(args.device, memory_format=torch.channels_last)
 
 

@@ -239,9 +239,7 @@ class _Kernels:
         """The C++ lookup kernels for x (bfloat16 on the CPU, mode 'auto', outside torch.compile), or None."""
         if x.dtype != torch.bfloat16 or x.device.type != "cpu" or self.current_mode() != "auto":
             return None
-        if torch.compiler.is_compiling():
-            return None
-        return cpu_extension("aglu_lookup")
+        return None if torch.compiler.is_compiling() else cpu_extension("aglu_lookup")
 
     def _wants_compiled(self, x: torch.Tensor) -> bool:
         mode = self.current_mode()

@@ -1,10 +1,10 @@
 """Hand-written C++ kernels, built on first use for the machine that runs them.
 
 ``cpu_extension(name)`` compiles ``<name>.cpp`` beside this file with ``torch.utils.cpp_extension.load``
-(``-O3 -march=native``: the kernels use AVX-512 where the CPU has it, plain C++ elsewhere) and returns the
-module, or None after one warning if it cannot be built (no C++ compiler, no ninja, a non-x86 quirk): the
-callers then run their torch.compile / eager path. The build directory is torch's extension cache
-(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); its name carries a hash of the source,
+(``-O3 -march=native -fopenmp``: the kernels use AVX-512 where the CPU has it, plain C++ elsewhere, and
+torch's threads) and returns the module, or None after one warning if it cannot be built (no C++ compiler,
+no ninja, a non-x86 quirk): the callers then run their torch.compile / eager path. The build directory is
+torch's extension cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); its name carries a hash of the source,
 the CPU's instruction-set flags and the torch version, so a cache shared by different machines never
 loads a build made for another CPU. ``LONGTAIL_CPU_KERNELS=0`` turns the kernels off.
 """

@@ -2,8 +2,8 @@
 // dκ = Σ g·K[x], dl = Σ g·L[x], where T, D, K, L hold AGLU and its three local derivatives at all 2^16
 // bfloat16 values (computed in float32 by longtail/models/activations.py). Why a hand-written kernel: the
 // exact derivative costs two exponentials and a logarithm per element, and torch.compile turns the table
-// version into a scalar loop with one serial accumulator per sum; here the tables are read with AVX-512
-// gathers, 16 elements at a time, into vector accumulators.
+// version into a scalar loop with one serial accumulator per sum; here the backward reads the tables with
+// AVX-512 gathers, 16 elements at a time, into vector accumulators.
 //
 // Layout: x (and g, y, dx) are dense, in one layout, and walked in memory order as (outer, channels,
 // inner); element (o, c, i) uses table c when there is one table per channel, else table 0 (then any dense
