@@ -3,7 +3,8 @@
 Each recipe is trained with ``budget=E`` (its whole schedule compressed proportionally: epochs, warm-up,
 milestones, DRW, stages) into ``RUNS/<recipe>``; an already finished run is reported without retraining,
 so the script can be re-run to collect results. Accuracies are on the test split, for the last epoch (the
-best epoch is chosen on the validation split, never on test).
+best epoch is chosen on the validation split, never on test); DeiT-LT's Head / Mid / Tail class-rank groups are
+added as columns when a run reports them.
 
     python benchmarks/budget_compare.py --budget 30 cifar10-lt-if100-ce cifar10-lt-if100-ldam-drw ride-cifar10-lt-if100
 """
@@ -17,6 +18,11 @@ from pathlib import Path
 
 from longtail.engine.config import resolve
 from longtail.engine.trainer import train
+
+
+SHOT_COLUMNS = {"top1": "All", "many": "Many", "medium": "Med", "few": "Few"}
+# DeiT-LT's class-rank groups, reported by methods that define them (deit_lt).
+RANK_COLUMNS = {"head": "Head", "mid": "Mid", "tail": "Tail"}
 
 
 def train_or_load(recipe: str, budget: int, runs: Path, overrides: list[str]) -> tuple[dict, float | None]:
@@ -53,10 +59,14 @@ def main() -> None:
         wall = "" if seconds is None else f"{seconds / 60:6.1f}"
         table += [(name, metrics, wall) for name, metrics in rows(recipe, summary)]
 
-    width = max(len(name) for name, _, _ in table)
-    print(f"{'recipe (budget ' + str(args.budget) + ' epochs, test, last epoch)':<{width}}    All  Many   Med   Few  min")
+    columns = dict(SHOT_COLUMNS)
+    if any(key in metrics for _, metrics, _ in table for key in RANK_COLUMNS):
+        columns.update(RANK_COLUMNS)
+    title = f"recipe (budget {args.budget} epochs, test, last epoch)"
+    width = max(len(title), *(len(name) for name, _, _ in table))
+    print(f"{title:<{width}}  " + " ".join(f"{label:>5}" for label in columns.values()) + "  min")
     for name, metrics, wall in table:
-        cells = " ".join(percent(metrics.get(key)) for key in ("top1", "many", "medium", "few"))
+        cells = " ".join(percent(metrics.get(key)) for key in columns)
         print(f"{name:<{width}}  {cells} {wall}")
 
 

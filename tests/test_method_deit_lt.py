@@ -17,7 +17,7 @@ from longtail.data.batch import Batch
 from longtail.engine.config import LossConfig, MethodConfig, ModelConfig, RunConfig
 from longtail.errors import LongtailError
 from longtail.losses.weights import effective_number_weights
-from longtail.methods.deit_lt import DEIT_LT_CUT_POINTS, DeiTLT, FrozenTeacher, rank_groups
+from longtail.methods.deit_lt import DEIT_LT_CUT_POINTS, DeiTLT, FrozenTeacher, LabelTeacher, rank_groups
 from longtail.models.output import ModelOutput
 
 NUM_CLASSES = 10
@@ -171,6 +171,32 @@ def test_teacher_gets_the_batch_resized_and_renormalised_to_its_own_input():
         normalised(teacher_mean, teacher_std), size=8, mode="bicubic", align_corners=False, antialias=True
     )
     torch.testing.assert_close(recorder.inputs[0], expected)
+
+
+def test_label_teacher_teaches_the_dist_head_the_larger_part_of_each_mixed_image():
+    method = deit_lt(teacher="labels", random_erasing=0.0, no_mixup_drw=True)
+    method.setup(torch.device("cpu"))
+    assert isinstance(method.teacher, LabelTeacher)
+    student = tiny_student().train()
+    batch = make_batch()
+    criterion = longtail.losses.create("deit_lt", class_counts=CIFAR10_IF100, drw_epoch=2)
+
+    np.random.seed(3)  # timm's Mixup draws λ and the mode with NumPy
+    loss, output = method.training_step(student, batch, criterion, epoch=0)
+    np.random.seed(3)
+    _, mixed_targets = method.augment(batch.images, batch.targets, mix=True)
+    dominant = mixed_targets.argmax(1)
+    assert torch.equal(output.aux["teacher_logits"].argmax(1), dominant)
+    reversed_targets = batch.targets.flip(0)
+    assert all(d in (a, b) for d, a, b in zip(dominant.tolist(), batch.targets.tolist(), reversed_targets.tolist()))
+    cls_logits, dist_logits = output.aux["cls_logits"], output.aux["dist_logits"]
+    expected = 0.5 * F.cross_entropy(cls_logits, mixed_targets) + 0.5 * F.cross_entropy(dist_logits, dominant)
+    torch.testing.assert_close(loss, expected)
+
+    _, output = method.training_step(student, batch, criterion, epoch=2)  # DRW without Mixup: the labels
+    assert torch.equal(output.aux["teacher_logits"], F.one_hot(batch.targets, NUM_CLASSES).float())
+    with pytest.raises(LongtailError, match="targets"):
+        LabelTeacher(NUM_CLASSES)(batch.images)
 
 
 def test_mixing_gives_smoothed_soft_targets_and_stops_at_drw_with_no_mixup_drw():

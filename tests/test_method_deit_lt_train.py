@@ -1,6 +1,6 @@
 """DeiT-LT end to end through the trainer on digits-lt: a ResNet-32 teacher trained by the library, then a
 one-block DeiT student distilled from its checkpoint (Mixup before DRW, none after), reporting the CLS and
-DIST heads; and the shipped recipes resolve."""
+DIST heads; the same student with the labels in the teacher's place; and the shipped recipes resolve."""
 
 from __future__ import annotations
 
@@ -58,9 +58,18 @@ def test_student_distils_from_a_library_trained_teacher(tmp_path):
     assert set(output.aux) == {"cls_logits", "dist_logits"}
 
 
+def test_student_trains_with_the_labels_as_its_teacher(tmp_path):
+    student = apply_overrides(STUDENT, parse_overrides(["method.args.teacher=labels"]))
+
+    summary = train(from_dict(student), tmp_path / "student")
+
+    assert {"main", "cls", "dist"} <= set(summary["last_test"])
+    assert '"loss_dist"' in (tmp_path / "student" / "log.jsonl").read_text()
+
+
 def test_deit_lt_recipes_resolve():
     names = [name for name in list_recipes() if name.startswith("deit-lt")]
-    assert len(names) == 15
+    assert len(names) == 16
     for name in names:
         config = resolve(name)
         if config.method.name == "deit_lt":
@@ -71,3 +80,5 @@ def test_deit_lt_recipes_resolve():
     budget = resolve("deit-lt-cifar10-lt-if100-budget")
     assert (budget.schedule.epochs, budget.loss.args["drw_epoch"], budget.schedule.warmup_epochs) == (12, 11, 1)
     assert resolve("deit-lt-cifar10-lt-if100-budget-no-teacher").method.args["teacher"] is None
+    label_teacher = resolve("deit-lt-cifar10-lt-if100-budget-label-teacher")
+    assert (label_teacher.method.args["teacher"], label_teacher.loss.name) == ("labels", "deit_lt")

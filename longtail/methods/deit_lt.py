@@ -17,6 +17,8 @@ The method (``deit_lt``):
   optimiser, EMA or checkpoints). The paper's teachers are ResNet-32 (CIFAR) and ResNet-50 (ImageNet-LT,
   iNat) trained with LDAM-DRW or PaCo under SAM (flat minima make better teachers): see the
   ``deit-lt-teacher-*`` recipes. PaCo + SAM, the paper's strongest teacher, is not in this library.
+  ``teacher: labels`` is the ablation without a teacher: the DIST head learns ``argmax_c ỹ`` (the label of the
+  larger part of each mixed image) with everything else unchanged (``LabelTeacher``).
 * Out-of-distribution distillation: every step builds ONE strongly augmented batch x̃ and feeds it to both
   networks. The loader applies crop + flip + RandAugment (``data.augment`` with ``policy: randaugment``, 2
   operations, magnitude 9); the training step then applies random erasing (probability 0.25, per-pixel
@@ -302,8 +304,8 @@ class FrozenTeacher:
         )
 
     @torch.no_grad()
-    def __call__(self, images: Tensor) -> Tensor:
-        """The teacher's logits (B, C) on ``images`` (the student's normalised batch)."""
+    def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
+        """The teacher's logits (B, C) on ``images`` (the student's normalised batch; ``targets`` unused)."""
         if self.scale is not None:
             images = images * self.scale.to(images) + self.shift.to(images)
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
@@ -312,6 +314,26 @@ class FrozenTeacher:
                 images, size=self.image_size, mode="bicubic", align_corners=False, antialias=downsampling
             )
         return self.predict(self.model, images).logits.detach()
+
+
+class LabelTeacher:
+    """The ground truth in the teacher's place (``method.args.teacher: labels``): its "logits" are the batch's
+    own targets (the Mixup/CutMix soft targets, or one-hot labels), so hard distillation teaches the DIST head
+    ``argmax_c ỹ``, the label of the larger part of each mixed image. Training with it is DeiT-LT's
+    no-distillation ablation: the same two heads, losses, augmentation and DRW, only no teacher."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
+        if targets is None:
+            raise LongtailError("The label teacher needs the batch's targets.")
+        if targets.is_floating_point():
+            return targets.detach()
+        return F.one_hot(targets, self.num_classes).to(images.dtype)
+
+
+LABEL_TEACHER = "labels"
 
 
 def _renormalisation(
@@ -335,8 +357,10 @@ class DeiTLT(Method):
     """DeiT-LT (see the module docstring): the student trains on one strongly augmented, mixed batch per step,
     which the frozen teacher labels for the DIST head.
 
-    ``teacher``: a longtail run directory or checkpoint (None trains the same student and augmentation
-    without distillation: the recipe's loss must then not be ``deit_lt``); ``mixup_alpha``, ``cutmix_alpha``,
+    ``teacher``: a longtail run directory or checkpoint; ``labels`` puts the ground truth in the teacher's
+    place (``LabelTeacher``, the no-distillation ablation with the ``deit_lt`` loss; write ``./labels`` for a
+    run directory of that name); None trains the same student and augmentation without distillation (the
+    recipe's loss must then not be ``deit_lt``); ``mixup_alpha``, ``cutmix_alpha``,
     ``mix_prob``, ``switch_prob``, ``label_smoothing``: timm ``Mixup`` (mixing is off when both alphas are
     0); ``random_erasing``: probability of timm ``RandomErasing`` (pixel mode, one box); ``no_mixup_drw``: no
     Mixup/CutMix from the loss's ``drw_epoch`` on; ``cut_points``: the Head/Mid/Tail class ranks (default
@@ -382,13 +406,15 @@ class DeiTLT(Method):
             )
         cut_points = cut_points if cut_points is not None else DEIT_LT_CUT_POINTS.get(info.name)
         self.rank_groups = None if cut_points is None else rank_groups(info.train_counts, cut_points)
-        self.teacher: FrozenTeacher | None = None
+        self.teacher: FrozenTeacher | LabelTeacher | None = None
         self.random_erasing: RandomErasing | None = None
 
     def setup(self, device: torch.device) -> None:
         """Load the teacher from ``teacher`` (unless one was attached to ``self.teacher`` already) and build
         random erasing on ``device``."""
-        if self.teacher is None and self.teacher_path is not None:
+        if self.teacher is None and self.teacher_path == LABEL_TEACHER:
+            self.teacher = LabelTeacher(self.info.num_classes)
+        elif self.teacher is None and self.teacher_path is not None:
             self.teacher = FrozenTeacher.from_checkpoint(self.teacher_path, device, self.info)
         self._check_stage_losses()
         self.random_erasing = pixel_random_erasing(self.random_erasing_prob, device)
@@ -424,7 +450,7 @@ class DeiTLT(Method):
         images, targets = self.augment(batch.images, batch.targets, self.mixing(criterion, epoch))
         output = model(images)
         if self.teacher is not None:
-            output.aux["teacher_logits"] = self.teacher(images)
+            output.aux["teacher_logits"] = self.teacher(images, targets)
         return criterion(output, targets), output
 
     def extra_predictions(self, output: ModelOutput) -> dict[str, Tensor]:
