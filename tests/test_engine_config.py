@@ -13,7 +13,9 @@ from longtail.engine.config import (
     load_recipe,
     parse_overrides,
     resolve,
+    stage_schedule,
 )
+from longtail.engine.optim import lr_factor
 from longtail.errors import LongtailError
 
 
@@ -109,8 +111,35 @@ def test_budget_compresses_every_epoch_valued_key():
     config = resolve("cifar10-lt-if100-crt", ["budget=21", "loss.args.drw_epoch=160"])
     assert config.schedule.epochs == 20 and config.schedule.milestones == [16, 18]
     assert config.schedule.warmup_epochs == 1  # a non-zero epoch count never vanishes
-    assert config.stages[0].epochs == 1
+    assert config.stages[0].epochs == 3  # cRT's min_epochs: 10 * 21 / 210 = 1 would leave a fresh head untrained
     assert config.loss.args["drw_epoch"] == 16
+
+
+def test_budget_keeps_a_compressed_stage_a_real_stage():
+    """SHIKE's 20-epoch stage 2 (5 warm-up epochs, cosine) at budget=10 was one epoch of warm-up that never
+    decayed; it keeps its floor of epochs and a decay after the warm-up."""
+    config = resolve("shike-cifar10-lt-if100", ["budget=10"])
+    stage, schedule = config.stages[0], stage_schedule(config, 0)
+    assert stage.epochs == 3
+    assert 0 < schedule.warmup_epochs < schedule.epochs
+    assert lr_factor(schedule, 0.1, stage.epochs - 0.01) < 0.01  # decays to ~0 by the end
+
+
+def test_budget_drops_a_warmup_that_would_fill_a_one_epoch_schedule():
+    config = apply_budget(from_dict({"budget": 2, "schedule": {"epochs": 20, "warmup_epochs": 5}, "stages": [
+        {"epochs": 20, "schedule": {"warmup_epochs": 5, "name": "multistep", "milestones": [10, 19]}},
+        {"epochs": 20, "min_epochs": 3, "schedule": {"name": "multistep", "milestones": [19, 20]}}]}))
+    assert (config.schedule.epochs, config.schedule.warmup_epochs) == (1, 0)
+    stage = stage_schedule(config, 0)
+    assert (stage.epochs, stage.warmup_epochs, stage.milestones) == (1, 0, [1, 1])  # a one-epoch stage runs at its base lr
+    assert stage_schedule(config, 1).milestones == [2, 3]  # the last epoch's milestone still fires; the end's never
+
+
+def test_budget_scales_a_stage_schedule_with_the_stage_it_keeps():
+    config = apply_budget(from_dict({"budget": 20, "schedule": {"epochs": 190}, "stages": [
+        {"epochs": 10, "min_epochs": 4, "schedule": {"warmup_epochs": 5, "name": "multistep", "milestones": [8]}}]}))
+    stage = stage_schedule(config, 0)
+    assert (config.schedule.epochs, stage.epochs, stage.warmup_epochs, stage.milestones) == (19, 4, 2, [3])
 
 
 def test_budget_must_be_positive():

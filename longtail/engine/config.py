@@ -6,9 +6,14 @@ LongtailError that names the key and the valid alternatives. The free-form ``arg
 passed as keyword arguments to the model, loss, dataset or method factory, which validate them.
 
 ``budget=E`` compresses a recipe to E epochs in total: every epoch-valued key is multiplied by
-E / (total epochs of all stages). Epoch-valued keys are ``epochs``, ``warmup_epochs`` and ``milestones`` of
-each schedule and stage, and, inside the free-form ``args`` dictionaries, every key named ``epochs`` or
-``milestones`` or ending in ``_epoch`` / ``_epochs`` (e.g. ``loss.args.drw_epoch``).
+s = E / (total epochs of all stages) and rounded. Epoch-valued keys are ``epochs``, ``warmup_epochs`` and
+``milestones`` of each schedule and stage, and, inside the free-form ``args`` dictionaries, every key named
+``epochs`` or ``milestones`` or ending in ``_epoch`` / ``_epochs`` (e.g. ``loss.args.drw_epoch``).
+
+A compressed schedule keeps its shape: a stage keeps at least its ``min_epochs`` (a method whose later stage
+needs a few epochs to train fresh heads sets it, so the total may exceed E); the warm-up and milestones of a
+schedule scale with that schedule's own epochs, and a warm-up or milestone that lay inside the schedule stays
+inside it, so a warm-up is always followed by at least one epoch of decay (a one-epoch schedule has none).
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ class StageConfig:
 
     name: str = "stage"
     epochs: int = 1
+    min_epochs: int = 1  # the fewest epochs ``budget`` may compress this stage to
     trainable: str = "all"  # parameter selector: 'all', 'head' or one the method defines
     reinit_head: bool = False
     sampler: str | dict[str, Any] | None = None
@@ -405,10 +411,11 @@ def apply_budget(config: RunConfig) -> RunConfig:
         raise LongtailError(f"Config key 'budget' must be a positive number of epochs, got {config.budget!r}.")
     scale = config.budget / total_epochs(config)
     data = config.to_dict()
-    _scale_schedule(data["schedule"], scale)
-    for stage in data["stages"]:
-        stage["epochs"] = _scale_value(stage["epochs"], scale)
-        _scale_schedule(stage["schedule"], scale)
+    data["schedule"]["epochs"] = _scale_value(config.schedule.epochs, scale)
+    _scale_within(data["schedule"], config.schedule.epochs, data["schedule"]["epochs"])
+    for stage, original in zip(data["stages"], config.stages, strict=True):
+        stage["epochs"] = max(original.min_epochs, _scale_value(original.epochs, scale))
+        _scale_within(stage["schedule"], original.epochs, stage["epochs"])
         if stage["loss"] is not None:
             _scale_args(stage["loss"]["args"], scale)
     for section in ("method", "model", "loss"):
@@ -417,10 +424,20 @@ def apply_budget(config: RunConfig) -> RunConfig:
     return from_dict(data)
 
 
-def _scale_schedule(schedule: dict[str, Any], scale: float) -> None:
-    for key in ("epochs", "warmup_epochs", "milestones"):
-        if key in schedule:
-            schedule[key] = _scale_value(schedule[key], scale)
+def _scale_within(schedule: dict[str, Any], epochs: int, scaled_epochs: int) -> None:
+    """Scale a schedule's warm-up and milestones from ``epochs`` to ``scaled_epochs``, keeping what lay inside
+    the schedule inside it: a warm-up shorter than the schedule leaves at least one epoch after it (else a
+    one-epoch stage would warm up and never decay), and a milestone before the end still fires, after the
+    first epoch (a one-epoch schedule runs at its base lr)."""
+    scale = scaled_epochs / epochs
+    if schedule.get("warmup_epochs"):
+        warmup = schedule["warmup_epochs"]
+        schedule["warmup_epochs"] = min(_scale_value(warmup, scale), scaled_epochs - (warmup < epochs))
+    if schedule.get("milestones"):
+        schedule["milestones"] = [
+            min(_scale_value(milestone, scale), max(scaled_epochs - 1, 1)) if milestone < epochs else scaled_epochs
+            for milestone in schedule["milestones"]
+        ]
 
 
 def _scale_args(args: dict[str, Any], scale: float) -> None:
