@@ -44,7 +44,7 @@ def _probabilities() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def metrics():
-    return evaluate(np.log(_probabilities()), TARGETS, TRAIN_COUNTS)
+    return evaluate(np.log(_probabilities()), TARGETS, TRAIN_COUNTS, many=100, few=20)
 
 
 def test_accuracies_by_hand(metrics):
@@ -105,6 +105,19 @@ def test_thresholds_are_configurable():
     logits = torch.eye(3)
     metrics = evaluate(logits, torch.arange(3), [50, 8, 2], many=10, few=4)
     assert metrics["shot_sizes"] == {"many": 1, "medium": 1, "few": 1}
+
+
+def test_thresholds_default_to_the_datasets_own():
+    from longtail.data import create_datasets
+
+    info = create_datasets("digits-lt", imbalance=10, image_size=8).info
+    logits = torch.randn(info.num_classes, info.num_classes)
+    targets = torch.arange(info.num_classes)
+    assert max(info.train_counts) < 500 and info.shot_thresholds != (100.0, 20.0)
+    from_counts = evaluate(logits, targets, info.train_counts)
+    from_info = evaluate(logits, targets, info)
+    assert from_counts["thresholds"] == from_info["thresholds"] == dict(zip(("many", "few"), info.shot_thresholds))
+    assert from_counts["shot_sizes"] == {name: len(classes) for name, classes in info.shot_groups.items()}
 
 
 def test_bad_inputs_give_clear_errors():

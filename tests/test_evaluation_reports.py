@@ -20,7 +20,7 @@ def metrics():
     generator = torch.Generator().manual_seed(0)
     targets = torch.arange(6).repeat(5)  # class 6 has no test sample
     logits = torch.randn(len(targets), 7, generator=generator) + 3 * torch.nn.functional.one_hot(targets, 7)
-    return evaluate(logits, targets, TRAIN_COUNTS)
+    return evaluate(logits, targets, TRAIN_COUNTS, many=100, few=20)
 
 
 def test_results_json_round_trip(tmp_path, metrics):

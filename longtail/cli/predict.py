@@ -16,7 +16,6 @@ import torch
 
 from longtail.errors import LongtailError
 
-IN_MEMORY_MAX_SIZE = 64  # datasets of images up to this size are evaluated whole, larger ones resized + cropped
 SPLITS = ("train", "val", "test")
 
 
@@ -40,9 +39,11 @@ def run(args: argparse.Namespace) -> int:
         return export_features(args.checkpoint, args.features, args.split)
     if not args.images:
         raise LongtailError("Give IMAGE files to classify, or --features OUT.npz to write the features of a split.")
+    from longtail.data.preprocess import load_image
+
     trained = load_trained_model(args.checkpoint)
     info = trained.info
-    images = torch.stack([preprocess(path, info) for path in args.images])
+    images = torch.stack([load_image(path, info) for path in args.images])
     with torch.no_grad():
         probabilities = trained.method.predict(trained.model, images).logits.float().softmax(dim=1)
     top = probabilities.topk(min(args.top, info.num_classes), dim=1)
@@ -81,25 +82,3 @@ def export_features(checkpoint: Path, out: Path, split: str) -> int:
              train_counts=np.asarray(trained.info.train_counts, dtype=np.int64))
     print(f"{out}: features {features.shape} and targets of the {split} split ({trained.config.data.name})")
     return 0
-
-
-def preprocess(path: Path, info) -> torch.Tensor:
-    """An image file as the model saw evaluation images: normalised (3, S, S) float, S = the dataset's size."""
-    from torchvision.transforms import v2
-
-    from longtail.data.augment import augment_spec
-    from longtail.data.decode import open_rgb
-    from longtail.data.file_loader import file_transform
-
-    image = open_rgb(path)
-    if info.image_size > IN_MEMORY_MAX_SIZE:
-        return file_transform(augment_spec("none"), False, info.image_size, info.mean, info.std)(image)
-    resize = v2.Compose(
-        [
-            v2.Resize((info.image_size, info.image_size), antialias=True),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(info.mean), list(info.std)),
-        ]
-    )
-    return resize(image)

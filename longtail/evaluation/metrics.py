@@ -5,7 +5,10 @@
 - ``top1``, ``top5`` (None when C < 5), ``balanced_accuracy`` (mean per-class accuracy);
 - ``per_class`` (C,) accuracy of each class, NaN for a class without test samples;
 - ``many`` / ``medium`` / ``few``: mean per-class accuracy of the classes with more than ``many``, ``few`` to
-  ``many``, fewer than ``few`` training images (``longtail.data.shots.shot_groups``); None for an empty group;
+  ``many``, fewer than ``few`` training images (``longtail.data.shots.shot_groups``); None for an empty group.
+  The thresholds default to the dataset's own: a ``DatasetInfo``'s ``shot_thresholds`` when one is given in
+  place of the counts, else the rule every dataset uses (``longtail.data.shots.default_thresholds`` of the
+  largest count: 100 / 20, scaled down for datasets with fewer than 500 images in their largest class);
 - ``macro_f1`` (scikit-learn, over the classes that occur in the targets or the predictions);
 - ``ece``: expected calibration error of the top-1 confidence with 15 equal-width bins (Guo et al., ICML
   2017): sum_b |B_b| / N * |acc(B_b) - conf(B_b)|, bin b = (b/15, (b+1)/15];
@@ -17,22 +20,37 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from longtail.data.shots import FEW_SHOT, MANY_SHOT, shot_groups
+from longtail.data.shots import default_thresholds, shot_groups
 from longtail.errors import LongtailError
 
 if TYPE_CHECKING:
+    from longtail.data.datasets import DatasetInfo
     from longtail.models.output import ModelOutput
 
 ECE_BINS = 15
 SHOTS = ("many", "medium", "few")
 ArrayLike = torch.Tensor | np.ndarray | Sequence
+TrainCounts = Union[Sequence[int], "DatasetInfo"]
+
+
+def resolve_thresholds(
+    train_counts: TrainCounts, many: float | None, few: float | None
+) -> tuple[list[int], float, float]:
+    """(per-class training counts, many, few): thresholds not given are the dataset's own (see the module
+    docstring)."""
+    info_thresholds = getattr(train_counts, "shot_thresholds", None)
+    counts = [int(n) for n in getattr(train_counts, "train_counts", train_counts)]
+    if not counts:
+        raise LongtailError("train_counts is empty; pass the training set's per-class image counts.")
+    default_many, default_few = info_thresholds or default_thresholds(max(counts))
+    return counts, default_many if many is None else many, default_few if few is None else few
 
 
 def _as_logits(logits: ArrayLike) -> torch.Tensor:
@@ -74,9 +92,10 @@ def per_class_accuracy(predictions: torch.Tensor, targets: torch.Tensor, num_cla
 
 
 def shot_accuracies(
-    per_class: np.ndarray, train_counts: Sequence[int], many: float = MANY_SHOT, few: float = FEW_SHOT
+    per_class: np.ndarray, train_counts: TrainCounts, many: float | None = None, few: float | None = None
 ) -> dict[str, float | None]:
     """Mean per-class accuracy of the many/medium/few-shot classes; None where a group has no tested class."""
+    train_counts, many, few = resolve_thresholds(train_counts, many, few)
     result: dict[str, float | None] = {}
     for name, classes in shot_groups(train_counts, many, few).items():
         tested = per_class[classes][~np.isnan(per_class[classes])]
@@ -104,14 +123,18 @@ def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_class
 def evaluate(
     logits: ArrayLike,
     targets: ArrayLike,
-    train_counts: Sequence[int],
-    many: float = MANY_SHOT,
-    few: float = FEW_SHOT,
+    train_counts: TrainCounts,
+    many: float | None = None,
+    few: float | None = None,
 ) -> dict[str, Any]:
-    """All metrics of ``logits`` (N, C) against ``targets`` (N,); see the module docstring for the keys."""
+    """All metrics of ``logits`` (N, C) against ``targets`` (N,); see the module docstring for the keys.
+
+    ``train_counts``: the training set's per-class image counts, or its ``DatasetInfo`` (whose shot
+    thresholds are then the default).
+    """
     logits = _as_logits(logits)
     targets = torch.as_tensor(targets, device=logits.device).long()
-    train_counts = [int(n) for n in train_counts]
+    train_counts, many, few = resolve_thresholds(train_counts, many, few)
     _check_inputs(logits, targets, len(train_counts))
     num_classes = logits.shape[1]
     predictions = logits.argmax(dim=1)
@@ -140,9 +163,9 @@ def evaluate(
 def evaluate_heads(
     heads: Mapping[str, ArrayLike],
     targets: ArrayLike,
-    train_counts: Sequence[int],
-    many: float = MANY_SHOT,
-    few: float = FEW_SHOT,
+    train_counts: TrainCounts,
+    many: float | None = None,
+    few: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``evaluate`` for each head's logits, e.g. ``{'main': ..., 'cls': ..., 'dist': ..., 'expert_0': ...}``."""
     return {name: evaluate(logits, targets, train_counts, many, few) for name, logits in heads.items()}
@@ -179,7 +202,7 @@ class LogitCollector:
         return torch.cat(self._targets)
 
     def evaluate(
-        self, train_counts: Sequence[int], many: float = MANY_SHOT, few: float = FEW_SHOT
+        self, train_counts: TrainCounts, many: float | None = None, few: float | None = None
     ) -> dict[str, dict[str, Any]]:
         if not self._targets:
             raise LongtailError("No predictions were collected: the evaluation set is empty.")

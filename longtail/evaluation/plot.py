@@ -11,8 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from longtail.data.shots import FEW_SHOT, MANY_SHOT
-from longtail.evaluation.metrics import shot_accuracies
+from longtail.evaluation.metrics import resolve_thresholds, shot_accuracies
 from longtail.evaluation.report import atomic_write
 
 SHADES = {"few": "#f4cccc", "medium": "#fff2cc", "many": "#d9ead3"}
@@ -27,12 +26,14 @@ def plot_per_class_accuracy(
     path: str | os.PathLike,
     per_class: Sequence[float] | np.ndarray,
     train_counts: Sequence[int],
-    many: float = MANY_SHOT,
-    few: float = FEW_SHOT,
+    many: float | None = None,
+    few: float | None = None,
     title: str | None = None,
 ) -> Path:
     """Scatter of each class's test accuracy (%) against its training images, shot groups shaded and their mean
-    accuracy drawn as a dashed line; written to ``path`` as PNG (Agg canvas, no display needed)."""
+    accuracy drawn as a dashed line; written to ``path`` as PNG (Agg canvas, no display needed). Thresholds
+    not given are the dataset's own (``longtail.evaluation.metrics.resolve_thresholds``)."""
+    train_counts, many, few = resolve_thresholds(train_counts, many, few)
     counts = np.asarray(train_counts, dtype=float)
     accuracy = 100.0 * np.asarray(per_class, dtype=float)
     low, high = counts.min() / 1.5, counts.max() * 1.5
