@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import longtail.losses
+from longtail.engine.config import resolve
 from longtail.errors import LongtailError
 from longtail.methods.shike import SHIKELoss, shike_stage1_terms
 from longtail.models.output import ModelOutput
@@ -155,3 +156,33 @@ def test_shike_loss_on_cuda_matches_cpu(options):
         for device in ("cpu", "cuda")
     ]
     torch.testing.assert_close(values[0], values[1])
+
+
+@pytest.mark.parametrize(
+    ("recipe", "num_classes", "applied"),
+    [("shike-cifar10-lt-if100", 10, (1.0, 0.1)), ("shike-cifar100-lt-if100", 100, (10.0, 1.0)),
+     ("digits-shike", 10, (1.0, 0.1)), ("shike-imagenet-lt-resnext50", 1000, (100.0, 10.0))],
+)
+def test_recipes_keep_the_cifar100_effective_kl_weights_at_every_class_count(recipe, num_classes, applied):
+    loss_config = resolve(recipe).loss
+    loss = longtail.losses.create(loss_config.name, class_counts=list(range(num_classes, 0, -1)), **loss_config.args)
+    assert (loss.hns_weight, loss.mutual_weight) == pytest.approx(applied)
+    # per-sample (batchmean) weights under the official B*C divisor: the CIFAR-100 setting's 10/100 and 1/100
+    assert (loss.hns_weight / num_classes, loss.mutual_weight / num_classes) == pytest.approx((0.1, 0.01))
+
+
+def test_tuned_class_count_scales_the_official_kl_terms_only():
+    expert_logits = torch.randn(3, 6, 10, dtype=torch.float64) * 4
+    targets = torch.randint(0, 10, (6,))
+    output = ModelOutput(logits=expert_logits.mean(0), expert_logits=expert_logits)
+    counts = list(range(10, 0, -1))
+    scaled = SHIKELoss(counts, tuned_num_classes=100, **OFFICIAL)(output, targets)
+    by_hand = shike_stage1_terms(
+        expert_logits, torch.nn.functional.one_hot(targets, 10).double(), hns_weight=1.0, mutual_weight=0.1,
+        **OFFICIAL,
+    ).loss
+    torch.testing.assert_close(scaled, by_hand)
+    unscaled = SHIKELoss(counts, kl_reduction="batchmean", tuned_num_classes=100)
+    assert (unscaled.hns_weight, unscaled.mutual_weight) == (10.0, 1.0)
+    with pytest.raises(LongtailError, match="tuned_num_classes"):
+        SHIKELoss(counts, tuned_num_classes=0, **OFFICIAL)

@@ -46,9 +46,11 @@ heads' logits as ``expert_logits``)::
 
 Where the official code differs from the paper, and what this module does:
 
-* Its ``F.kl_div`` calls use the default ``reduction='mean'``, dividing by ``B·C`` instead of ``B``, which
-  makes HNS and MD about C times weaker. Default ``kl_reduction='batchmean'`` (per-sample KL averaged over the
-  batch); ``kl_reduction='official'`` divides by ``B·C``.
+* Its ``F.kl_div`` calls (``cifarTrain.py`` lines 213-220) use the default ``reduction='mean'``, dividing by
+  ``B·C`` instead of ``B``, which makes HNS and MD about C times weaker: their effective weights are
+  ``hns_weight / C`` and ``mutual_weight / C`` (10/100 and 1/100 in the official CIFAR-100 setting). Default
+  ``kl_reduction='batchmean'`` (per-sample KL averaged over the batch); ``kl_reduction='official'`` divides
+  by ``B·C``.
 * It does not exclude the target class from the transfer target: it builds the non-target distributions
   with a logit of −30 at the target for ``p̃_k`` but 0 for ``r`` (so softmax(r) keeps mass on the target), and
   with soft targets it masks by ``Y`` itself (``z ⊙ (1 − Y) − 30·Y``). Default ``dkt_target='paper'`` uses
@@ -61,8 +63,15 @@ The recipes set ``kl_reduction: official`` and ``dkt_target: official``: the pub
 CIFAR-100-LT IF 100) come from the official code, and with the paper's per-sample KL the weight-10 hardest
 negative term dominates the cross-entropy (on a toy problem it keeps the training accuracy near 60% where
 the official weighting fits it). ``loss.args.kl_reduction=batchmean loss.args.dkt_target=paper`` trains with
-the paper's formulas. Under the official reduction the effective weights are ``10/C`` and ``1/C``, so they grow
-as C shrinks; the quick ``digits-shike`` recipe (C = 10) keeps CIFAR-100's effective weights instead.
+the paper's formulas.
+
+Under the official reduction the effective weights ``10/C`` and ``1/C`` grow as C shrinks: copied to
+CIFAR-10 (C = 10) they are 1 and 0.1, ten times the tuned setting's, and the hardest-negative term, which
+pushes the largest wrong logits *up*, outweighs the cross-entropy (on a toy problem margins collapse to about
+0 and balanced accuracy drops from 85 to 71). So every SHIKE recipe sets ``tuned_num_classes: 100`` (the
+official code covers CIFAR-100 only): the weights are multiplied by C / 100 and every dataset trains with the
+tuned effective weights 0.1 and 0.01 (the multipliers applied: hns 1 and mutual 0.1 at C = 10, 10 and 1 at
+C = 100, 100 and 10 at C = 1000).
 
 Model output: ``expert_logits`` (K, B, C); targets (B,) int64 (one-hot internally) or (B, C) soft targets.
 """
@@ -160,6 +169,17 @@ def _mutual_kl_sums(expert_logits: Tensor) -> Tensor:
     return sums * off_diagonal
 
 
+def class_count_scale(num_classes: int, tuned_num_classes: int | None, kl_reduction: KLReduction) -> float:
+    """The factor on the KL weights that keeps their effect at ``num_classes`` what it was at
+    ``tuned_num_classes``: C / C_tuned under the official B·C divisor; 1 under ``batchmean`` (no C in it) or
+    without a tuned count."""
+    if tuned_num_classes is None or kl_reduction != "official":
+        return 1.0
+    if tuned_num_classes < 1:
+        raise LongtailError(f"SHIKE tuned_num_classes must be a positive class count, got {tuned_num_classes}.")
+    return num_classes / tuned_num_classes
+
+
 def shike_stage1_terms(
     expert_logits: Tensor,
     target_probs: Tensor,
@@ -200,7 +220,12 @@ def target_distribution(targets: Tensor, num_classes: int, dtype: torch.dtype) -
 @register_loss("shike")
 class SHIKELoss(LongtailLoss):
     """SHIKE's stage-1 loss (CE + hardest negative suppression + mutual distillation), or the stage-2
-    Balanced-Softmax loss once ``balanced`` is on (set it, or give ``balanced_from_epoch``)."""
+    Balanced-Softmax loss once ``balanced`` is on (set it, or give ``balanced_from_epoch``).
+
+    ``tuned_num_classes``: the class count at which ``hns_weight`` and ``mutual_weight`` were tuned (SHIKE:
+    100). Under ``kl_reduction='official'`` both are multiplied by C / ``tuned_num_classes``, so every C gets
+    the tuned setting's effective weights; ``self.hns_weight`` and ``self.mutual_weight`` are the multipliers
+    applied."""
 
     def __init__(
         self,
@@ -211,12 +236,14 @@ class SHIKELoss(LongtailLoss):
         dkt_target: DKTTarget = "paper",
         balanced: bool = False,
         balanced_from_epoch: int | None = None,
+        tuned_num_classes: int | None = None,
     ) -> None:
         super().__init__(class_counts)
         _check_choice("kl_reduction", kl_reduction, ("batchmean", "official"))
         _check_choice("dkt_target", dkt_target, ("paper", "official"))
-        self.hns_weight = hns_weight
-        self.mutual_weight = mutual_weight
+        scale = class_count_scale(len(self.class_counts), tuned_num_classes, kl_reduction)
+        self.hns_weight = hns_weight * scale
+        self.mutual_weight = mutual_weight * scale
         self.kl_reduction = kl_reduction
         self.dkt_target = dkt_target
         self.balanced = balanced
