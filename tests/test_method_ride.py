@@ -320,3 +320,12 @@ def test_model_output_of_predict_without_router_is_the_full_ensemble():
         output: ModelOutput = method.predict(model, images)
         torch.testing.assert_close(output.logits, model(images).logits)
     assert "experts_per_image" not in output.aux
+
+
+@pytest.mark.parametrize("dataset", ["cifar10-lt-if100", "cifar100-lt-if100", "cifar100-lt-if10"])
+def test_cifar_teacher_and_distillation_recipes_use_the_official_diversity_factor(dataset):
+    # configs/config_imbalance_cifar100_ride_teacher.json and _distill_ride.json at HEAD: -0.45, as plain RIDE
+    for suffix in ("", "-teacher", "-distill", "-distill-4experts"):
+        config = resolve(f"ride-{dataset}{suffix}")
+        assert config.loss.args["diversity_factor"] == -0.45, suffix
+    assert resolve(f"ride-{dataset}-distill").schedule.warmup_epochs == 20
