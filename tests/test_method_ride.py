@@ -3,7 +3,9 @@ distillation through the trainer on digits-lt (8x8), and the recipes."""
 
 from __future__ import annotations
 
+import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -329,3 +331,31 @@ def test_cifar_teacher_and_distillation_recipes_use_the_official_diversity_facto
         config = resolve(f"ride-{dataset}{suffix}")
         assert config.loss.args["diversity_factor"] == -0.45, suffix
     assert resolve(f"ride-{dataset}-distill").schedule.warmup_epochs == 20
+
+
+@pytest.mark.parametrize("teacher_mode", ["eval", "train"])
+def test_teacher_mode_chooses_running_or_batch_statistics(monkeypatch, teacher_mode):
+    # the official trainer never calls teacher_model.eval() (trainer/trainer.py lines 24-38, 98)
+    teacher_model = longtail.models.create("ride_resnet32", num_classes=10, num_experts=2).eval()
+    trained = SimpleNamespace(model=teacher_model, info=Info(10))
+    monkeypatch.setattr("longtail.methods.ride.load_trained_model", lambda path, device: trained)
+    config = tiny_config("loss.name=ride_distill", "method.args.teacher=teacher-run",
+                         f"method.args.teacher_mode={teacher_mode}")
+    method = create_method(config, Info(10))
+    model = method.build_model().train()
+    method.setup(torch.device("cpu"))
+    assert method.teacher.training == (teacher_mode == "train")
+    images = torch.randn(8, 3, 8, 8) * 3 + 1  # far from the fresh running statistics (0, 1)
+    batch = Batch(images, torch.arange(8) % 10)
+    _, output = method.training_step(model, batch, method.build_loss(config.loss), epoch=0)
+    reference = copy.deepcopy(teacher_model).train(teacher_mode == "train")
+    with torch.no_grad():
+        torch.testing.assert_close(output.aux["teacher_logits"], reference(images).logits)
+        other_mode = copy.deepcopy(teacher_model).train(teacher_mode != "train")
+        assert not torch.allclose(output.aux["teacher_logits"], other_mode(images).logits)
+
+
+def test_unknown_teacher_mode_is_refused():
+    with pytest.raises(LongtailError, match="teacher_mode"):
+        create_method(tiny_config("loss.name=ride_distill", "method.args.teacher=x", "method.args.teacher_mode=frozen"),
+                      Info(10))

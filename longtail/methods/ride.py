@@ -24,7 +24,7 @@ negative on CIFAR (−0.45): each expert is pushed away from the ensemble. DRW i
 
 Distillation (loss ``ride_distill``, i.e. ``ride`` with ``distill_factor=1``) adds, with the teacher's logits
 ``z_T`` read from ``output.aux['teacher_logits']`` (the ``ride`` method fills it from ``method.args.teacher``,
-any longtail checkpoint, run under ``no_grad`` in eval mode)::
+any longtail checkpoint, run under ``no_grad``, in eval mode unless ``teacher_mode='train'``)::
 
     L_distill = L + distill_factor · T_d² · KL(softmax(z_T / T_d) ‖ softmax(z̄ / T_d)),   T_d = 1.5
 
@@ -55,6 +55,12 @@ Where the official code differs from the paper, and what this module does:
 * ``RIDELossWithDistill`` loops over the experts and adds the whole RIDE loss and the distillation term once
   per expert, so its loss is K times the formula above. Option ``official_distill_repeat=True`` reproduces
   that scaling (it matters with SGD weight decay and gradient clipping).
+* Its distillation teacher is never put in eval mode (``trainer/trainer.py`` lines 24-38 build and load it,
+  line 71 sets only the student's mode, line 98 runs the teacher under ``no_grad``): an ``nn.Module`` starts in
+  training mode, so the teacher's BatchNorm normalises with the statistics of each training batch (and keeps
+  updating its running averages, which nothing reads). This module runs the teacher in eval mode, with the
+  statistics it was evaluated with, so its predictions are the ones its reported accuracy measures;
+  ``method.args.teacher_mode=train`` gives the official behaviour.
 * The router's final layer ``v`` is shared by all routers in the official code (``share_expert_help_pred_fc``
   defaults to true) and so here; ``router_shared_decision=False`` gives each router its own.
 
@@ -447,6 +453,9 @@ def distills(config: RunConfig) -> bool:
     return config.loss.name in ("ride", "ride_distill") and config.loss.args.get("distill_factor", default) > 0
 
 
+TEACHER_MODES = ("eval", "train")
+
+
 @register_method("ride")
 class RIDE(Method):
     """RIDE training (multi-expert model + ``ride`` / ``ride_distill`` loss), an optional teacher, and the
@@ -454,9 +463,11 @@ class RIDE(Method):
     after which prediction is routed (see module doc).
 
     ``teacher``: a run directory or checkpoint of any longtail model over the same classes (rebuilt from its
-    own config); ``router_top_k``: k of the router's top-k input (at most C); ``router_threshold``: route to
-    the next expert while σ(a_i) > threshold; ``report_all_experts``: also evaluate every expert on every
-    image after routing, so the report shows the full ensemble (``all_experts``) and each expert.
+    own config); ``teacher_mode``: 'eval' (default) or 'train', the official code's (BatchNorm with batch
+    statistics, see module doc); ``router_top_k``: k of the router's top-k input (at most C);
+    ``router_threshold``: route to the next expert while σ(a_i) > threshold; ``report_all_experts``: also
+    evaluate every expert on every image after routing, so the report shows the full ensemble
+    (``all_experts``) and each expert.
     """
 
     def __init__(
@@ -464,6 +475,7 @@ class RIDE(Method):
         config: RunConfig,
         info: Any,
         teacher: str | None = None,
+        teacher_mode: str = "eval",
         router_top_k: int = 30,
         router_hidden_dim: int = 16,
         router_shared_decision: bool = True,
@@ -486,9 +498,14 @@ class RIDE(Method):
                 f"method.args.router_top_k must be between 1 and the number of classes ({info.num_classes}), "
                 f"got {router_top_k}."
             )
+        if teacher_mode not in TEACHER_MODES:
+            raise LongtailError(
+                f"method.args.teacher_mode must be one of {', '.join(TEACHER_MODES)}, got '{teacher_mode}'."
+            )
         if not 0.0 <= router_threshold <= 1.0:
             raise LongtailError(f"method.args.router_threshold must be in [0, 1], got {router_threshold}.")
         self.teacher_path = teacher
+        self.teacher_mode = teacher_mode
         self.router_top_k = router_top_k
         self.router_hidden_dim = router_hidden_dim
         self.router_shared_decision = router_shared_decision
@@ -508,7 +525,7 @@ class RIDE(Method):
         return model
 
     def setup(self, device: torch.device) -> None:
-        """Load the teacher: frozen, in eval mode, never part of the trained model or its checkpoints."""
+        """Load the teacher: frozen, in ``teacher_mode``, never part of the trained model or its checkpoints."""
         if self.teacher_path is None:
             return
         trained = load_trained_model(self.teacher_path, device)
@@ -517,7 +534,7 @@ class RIDE(Method):
                 f"The teacher {self.teacher_path} predicts {trained.info.num_classes} classes, this run has "
                 f"{self.info.num_classes}; give a teacher trained on the same classes."
             )
-        teacher = trained.model.requires_grad_(False).eval()
+        teacher = trained.model.requires_grad_(False).train(self.teacher_mode == "train")
         if self.config.train.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
         self.teacher = teacher
