@@ -102,8 +102,26 @@ APA_RECIPES = [
 def test_apa_recipes_resolve_to_the_reference_settings(name):
     config = resolve(name)
     assert config.model.name.startswith("se_res") and config.model.args["head"] == "cosnorm"
-    assert config.eval.iif and config.loss.args["label_smoothing"] > 0
-    assert config.schedule.name == "cosine"
+    assert config.eval.iif and config.schedule.name == "cosine"
+
+
+# classification/README.md: `--classif_norm cosine` (fixed scale 16) everywhere but Places-LT (`lr_cosine`);
+# `--label-smoothing 0.1` only on Places-LT and iNaturalist
+@pytest.mark.parametrize(
+    ("name", "learnable", "label_smoothing"),
+    [("apa-cifar100-lt-if100", False, 0.0), ("apa-cifar10-lt-if100", False, 0.0),
+     ("apa-imagenet-lt-se-resnet50", False, 0.0), ("apa-imagenet-lt-se-resnext50", False, 0.0),
+     ("apa-inat2018-se-resnet50", False, 0.1), ("apa-places-lt-se-resnet50", True, 0.1)],
+)
+def test_apa_recipes_classifier_scale_and_label_smoothing_follow_each_command(name, learnable, label_smoothing):
+    config = resolve(name)
+    assert config.loss.args["label_smoothing"] == label_smoothing
+    head = create_head("cosnorm", 6, 4, **config.model.args["head_options"])
+    assert isinstance(head.scale, torch.nn.Parameter) == learnable
+    features = torch.tensor([[3.0, 0, 0, 0, 0, 0]])
+    torch.nn.init.eye_(head.weight)
+    # a feature of norm 3 along w_0: (3 / 4) times the scale the command gives (16 fixed, 5² learnable)
+    assert head(features)[0, 0].item() == pytest.approx(0.75 * (25.0 if learnable else 16.0))
 
 
 def test_cifar_apa_recipe_matches_the_reference_table():
