@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from longtail.engine.run_files import CLUSTERING
 from longtail.errors import LongtailError
 
 DEFAULT_RUNS = Path("runs")
 DEFAULT_SUBSETS = Path("data") / "inat2018-subsets"
-RESULTS = "clustering.json"
 BASELINES = ("kmeans", "sinkhorn", "p2ot", "sp2ot")
 COLUMNS = (("ACC", "acc"), ("mACC", "mean_class_acc"), ("NMI", "nmi"), ("ARI", "ari"), ("F1", "macro_f1"),
            ("Head", "head"), ("Medium", "medium"), ("Tail", "tail"))
@@ -49,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --recipe)")
     parser.add_argument("--run-dir", type=Path, help="run folder (default: runs/<recipe>/<date-time>)")
     parser.add_argument("--resume", action="store_true", help="continue the unfinished run in --run-dir")
-    parser.add_argument("--force", action="store_true", help="delete a finished run in --run-dir and train again")
+    parser.add_argument("--force", action="store_true",
+                        help="train again from scratch in --run-dir: deletes the files a run wrote there, keeps others")
     parser.add_argument("--methods", default=",".join(BASELINES),
                         help=f"with --features: comma-separated methods (default {','.join(BASELINES)})")
     parser.add_argument("--num-clusters", type=int, help="with --features: clusters (default: the class count)")
@@ -135,7 +136,7 @@ def cluster_run(run_dir: str | Path, device: str | torch.device | None = None) -
         clusters = heads["main"].argmax(dim=1)
         metrics = clustering_metrics(clusters, targets, trained.info.train_counts, trained.info.num_classes)
         results[f"{which} test"] = metrics
-    (run_dir / RESULTS).write_text(json.dumps(_plain(results), indent=2))
+    (run_dir / CLUSTERING).write_text(json.dumps(_plain(results), indent=2))
     return results
 
 

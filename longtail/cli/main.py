@@ -10,6 +10,7 @@ from longtail.errors import LongtailError
 
 # Sub-command modules of longtail.cli; each defines add_parser(subparsers) and run(args) -> int.
 COMMANDS = ("datasets", "train", "eval", "predict", "recipes", "cluster")
+INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C (128 + SIGINT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,3 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     except LongtailError as error:
         print(f"longtail: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        print(f"\nlongtail: interrupted. {interrupt}".rstrip(), file=sys.stderr)
+        return INTERRUPTED

@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05 budget=30")
     parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/<recipe>/<date-time>)")
     parser.add_argument("--resume", action="store_true", help="continue the unfinished run in --run-dir")
-    parser.add_argument("--force", action="store_true", help="delete a finished run in --run-dir and train again")
+    parser.add_argument("--force", action="store_true",
+                        help="train again from scratch in --run-dir: deletes the files a run wrote there, keeps others")
     return parser
 
 

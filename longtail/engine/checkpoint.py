@@ -11,7 +11,6 @@ order and augmentations from the same triple, so a resumed epoch replays exactly
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from longtail.engine.config import RunConfig, from_dict
+from longtail.engine.config import RunConfig, differing_keys, from_dict
 from longtail.errors import LongtailError
+from longtail.evaluation.report import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -28,9 +28,26 @@ BEST = "best.pt"
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` so that a crash leaves either the old or the new file, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda file: torch.save(state, file), mode="wb")
+
+
+def read_torch_file(path: Path, what: str) -> Any:
+    """The tensors and plain values saved in ``path`` (never arbitrary pickled objects), or a LongtailError that
+    calls the file an unreadable ``what``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (any unpickling failure means the same thing to the user)
+        raise LongtailError(f"{path} is not a readable {what}: {_unreadable_reason(path)}.") from None
+
+
+def _unreadable_reason(path: Path) -> str:
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if head == b"PK\x03\x04":  # torch.save's zip archive
+        return "the file is truncated or damaged"
+    if head[:1] == b"\x80":  # a bare pickle
+        return "it holds pickled Python objects other than tensors and plain values, which longtail does not load"
+    return "it is not a file written by torch.save"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -39,10 +56,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         path = path / CHECKPOINT
     if not path.is_file():
         raise LongtailError(f"No checkpoint at {path}; give a run directory or a .pt file written by `longtail train`.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001  (any unpickling failure means the same thing to the user)
-        raise LongtailError(f"{path} is not a readable longtail checkpoint ({error}).") from None
+    state = read_torch_file(path, "longtail checkpoint")
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise LongtailError(f"{path} is not a longtail checkpoint (it lacks the config or the model weights).")
     return state
@@ -106,14 +120,37 @@ def load_trained_model(
     for stage in method.stages()[: state["stage"] + 1]:
         method.prepare_stage(stage, model)
     ema = state.get("ema") if config.train.ema_eval else None
-    try:
-        model.load_state_dict(ema or state["model"])
-    except RuntimeError:
-        if not overridden:
-            raise
-        raise LongtailError(f"The weights in {path} do not fit the model of the changed settings; change only "
-                            "settings that leave the model as it was trained.") from None
+    weights = ema or state["model"]
+    mismatch = weights_mismatch(model, weights)
+    if mismatch:
+        changed = differing_keys(state["config"], config.to_dict()) if overridden else []
+        if changed:
+            raise LongtailError(f"The weights in {path} do not fit the model of the changed settings "
+                                f"({', '.join(changed)}): {mismatch}. Change only settings that leave the model as "
+                                "it was trained.")
+        raise LongtailError(f"The weights in {path} do not fit the model its config describes: {mismatch}. The "
+                            "checkpoint was edited or written by a version of longtail whose model differs; use that "
+                            "version, or train again.")
+    model.load_state_dict(weights)
     return TrainedModel(model=model.to(device).eval(), method=method, config=config, info=info, state=state)
+
+
+def weights_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
+    """How ``weights`` fail to fit ``model`` exactly (missing, unexpected and reshaped tensors), or None."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    reshaped = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
+    parts = [
+        f"{len(names)} {label} ({_some(names)})"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+        if names
+    ]
+    return ", ".join(parts) or None
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def load_initial_weights(model: nn.Module, path: str | Path) -> list[str]:

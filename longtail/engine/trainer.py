@@ -25,7 +25,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,13 +41,19 @@ from longtail.engine.distributed import all_reduce_sum, barrier, init_distribute
 from longtail.engine.evaluate import PRECISIONS, Evaluator, format_table, summarize, table_rows, write_split_report
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import SAM, build_optimizer, build_scheduler, check_schedule, frozen_batchnorm_stats
+from longtail.engine.run_files import (
+    CONFIG,
+    LOG,
+    REPORT_DIR,
+    SUMMARY,
+    TENSORBOARD_DIR,
+    FailedStartCleanup,
+    remove_run_outputs,
+)
 from longtail.errors import LongtailError
 from longtail.evaluation.metrics import evaluate
 from longtail.methods.base import Method, Stage, create_method
 
-REPORT_DIR = "report"
-SUMMARY = "summary.json"
-LOG = "log.jsonl"
 STAGE_SEED_STREAM = 1_000_003  # separates the seeds of stage set-up from those of epochs
 VALIDATION_METRIC = "val_top1"
 
@@ -57,13 +62,34 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, force: b
     """Train ``config`` in ``run_dir`` and return the summary of the final report.
 
     An unfinished run in ``run_dir`` is resumed (its config must equal ``config``); ``resume=True``
-    requires one. A finished run there is an error unless ``force``, which starts over.
+    requires one. A finished run there is an error unless ``force``, which starts over: it deletes the files
+    a run writes there and keeps any others. A start that fails before its first checkpoint leaves the folder
+    as it found it; Ctrl-C raises a KeyboardInterrupt that says how to continue.
     """
-    trainer = Trainer(config, Path(run_dir), resume=resume, force=force)
+    run_dir = Path(run_dir)
+    cleanup = FailedStartCleanup(run_dir) if os.environ.get("RANK", "0") == "0" else None
+    trainer = None
     try:
+        trainer = Trainer(config, run_dir, resume=resume, force=force)
         return trainer.fit()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_message(run_dir)) from None
     finally:
-        trainer.close()
+        if trainer is not None:
+            trainer.close()
+        if cleanup is not None:
+            cleanup.undo()
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What an interrupted run kept, and how to continue it."""
+    checkpoint = run_dir / ckpt.CHECKPOINT
+    if not checkpoint.is_file():
+        return f"Training stopped before its first epoch ended; nothing was kept in {run_dir}."
+    return (
+        f"Training stopped; the last finished epoch is saved in {checkpoint}. Continue with the same command and "
+        f"--run-dir {run_dir}, or `longtail train --run-dir {run_dir} --resume`."
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,7 +186,7 @@ class Trainer:
         self.best: dict[str, Any] = no_best()
         self.log = RunLog(run_dir, enabled=self.context.is_main)
         if self.context.is_main:
-            dump(config, run_dir / "config.yaml")
+            dump(config, run_dir / CONFIG)
 
     # ------------------------------------------------------------------ set-up
 
@@ -188,14 +214,20 @@ class Trainer:
                 raise LongtailError(f"Nothing to resume in {self.run_dir}: it holds no {ckpt.CHECKPOINT}.")
             self._make_run_dir(clear=False)
             return None
-        state = ckpt.load_checkpoint(path)
         if force:
             self._make_run_dir(clear=True)
             return None
+        try:
+            state = ckpt.load_checkpoint(path)
+        except LongtailError as error:
+            raise LongtailError(
+                f"{error} Pass --force to delete the run's files in {self.run_dir} and train again there, or "
+                "choose a new --run-dir."
+            ) from None
         if state.get("finished"):
             raise LongtailError(
                 f"{self.run_dir} already holds a finished run. Choose a new --run-dir, or pass --force to "
-                "train again from scratch there (its files are deleted)."
+                "train again from scratch there (the run's files are deleted; other files are kept)."
             )
         differing = differing_keys(_with_current_defaults(state["config"]), self.config.to_dict())
         if differing:
@@ -210,7 +242,7 @@ class Trainer:
         barrier(self.context)
         if self.context.is_main:
             if clear:
-                shutil.rmtree(self.run_dir)
+                remove_run_outputs(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
         barrier(self.context)
 
@@ -309,12 +341,12 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.config.train.precision == "fp16")
         self.ema = self._make_ema()
         if resume is not None:
-            self.model.load_state_dict(resume["model"])
+            self._load_resumed_weights(self.model, resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             scaler.load_state_dict(resume["scaler"])
             if self.ema is not None:
-                self.ema.module.load_state_dict(resume["ema"])
+                self._load_resumed_weights(self.ema.module, resume["ema"])
         return StageRun(
             stage=stage,
             params=params,
@@ -327,6 +359,15 @@ class Trainer:
             ema=self.ema,
             sam=SAM(params, stage.optim.sam_rho) if stage.optim.sam_rho > 0 else None,
         )
+
+    def _load_resumed_weights(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        mismatch = ckpt.weights_mismatch(model, weights)
+        if mismatch:
+            raise LongtailError(
+                f"Cannot resume {self.run_dir}: the weights in its checkpoint do not fit the model of its config "
+                f"({mismatch}). Train again there with --force, or choose a new --run-dir."
+            )
+        model.load_state_dict(weights)
 
     def _freeze_for(self, stage: Stage) -> list[nn.Parameter]:
         """Make only the stage's parameters trainable and return them."""
@@ -584,7 +625,7 @@ class RunLog:
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.enabled = enabled
         self.path = run_dir / LOG
-        self.tensorboard_dir = run_dir / "tensorboard"
+        self.tensorboard_dir = run_dir / TENSORBOARD_DIR
         self._writer: Any = None
 
     def _tensorboard(self) -> Any:

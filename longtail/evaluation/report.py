@@ -27,6 +27,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     try:
         with os.fdopen(handle, mode) as file:
             write(file)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before the rename makes it the file, so a power cut cannot leave half
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
