@@ -1,0 +1,101 @@
+"""The reproduction runner: trains what the results store lacks, appends one line per finished run, and
+regenerates the tables (mean ± std over seeds) in the results README and the project README."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from longtail.errors import LongtailError
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
+spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+reproduce = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(reproduce)
+
+TINY = ["data.args.image_size=8", "data.val_per_class=2", "data.batch_size=32"]  # seconds a run
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> dict[str, Path]:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\n{reproduce.README_BEGIN}\nold table\n{reproduce.README_END}\n\nMore.\n")
+    return {"runs": tmp_path / "runs", "results": tmp_path / "results", "readme": readme}
+
+
+def run_main(store: dict[str, Path], *args: str) -> None:
+    reproduce.main(
+        ["--runs", str(store["runs"]), "--results", str(store["results"]), "--readme", str(store["readme"]), *args]
+    )
+
+
+@pytest.mark.slow
+def test_trains_what_the_store_lacks_and_tables_mean_and_spread(store: dict[str, Path], one_thread: None) -> None:
+    run_main(store, "--dataset", "digits-lt-if10", "--budget", "1", "--seeds", "0", "1", "--set", *TINY, "--", "digits-ce")
+    lines = reproduce.read_store(store["results"] / "digits-lt-if10.jsonl")
+    assert [(r["recipe"], r["seed"], r["budget"], r["overrides"]) for r in lines] == [
+        ("digits-ce", 0, 1, TINY), ("digits-ce", 1, 1, TINY)
+    ]
+    record = lines[0]
+    assert record["device"].startswith("cpu-") and record["precision"] == "fp32" and record["epochs"] == 1
+    assert record["commit"] and record["wall_s"] > 0 and record["images_per_s"] > 0
+    main = record["test_last"]["main"]
+    assert 0 <= main["top1"] <= 1 and set(main) >= {"top1", "many", "medium", "few"}
+    run_dir = reproduce.run_folder(store["runs"], "digits-lt-if10", "digits-ce", TINY, 1, 0)
+    assert json.loads((run_dir / "summary.json").read_text())["last_test"]["main"]["top1"] == main["top1"]
+
+    top1 = [r["test_last"]["main"]["top1"] for r in lines]
+    expected = f"{100 * statistics.fmean(top1):.1f} ± {100 * statistics.stdev(top1):.1f}"
+    table = (store["results"] / "README.md").read_text()
+    assert f"| 2 | {expected} |" in table and "budget=1 epochs" in table
+    readme = store["readme"].read_text()
+    assert expected in readme and "old table" not in readme and readme.endswith("More.\n")
+
+    # A second call finds both runs in the store and trains nothing: the store is unchanged.
+    before = (store["results"] / "digits-lt-if10.jsonl").read_text()
+    run_main(store, "--dataset", "digits-lt-if10", "--budget", "1", "--seeds", "0", "1", "--set", *TINY, "--", "digits-ce")
+    assert (store["results"] / "digits-lt-if10.jsonl").read_text() == before
+
+
+def test_a_finished_run_folder_is_collected_not_retrained(store: dict[str, Path], monkeypatch) -> None:
+    run_dir = reproduce.run_folder(store["runs"], "d", "digits-ce", [], 3, 2)
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({
+        "last_test": {"main": {"top1": 0.5, "many": 0.6, "medium": 0.4, "few": None, "top5": 0.9}},
+        "best_test": {"main": {"top1": 0.55, "many": 0.6, "medium": 0.5, "few": None}},
+    }))
+    (run_dir / "provenance.json").write_text(json.dumps(
+        {"commit": "abc", "device": "cpu-2core", "threads": 1, "precision": "bf16"}))
+    (run_dir / "config.yaml").write_text("data: {name: digits-lt, imbalance: 10.0, selection: shuffle}\n")
+    (run_dir / "log.jsonl").write_text(
+        "".join(json.dumps({"epoch_s": s, "images_per_s": r}) + "\n" for s, r in [(10, 100), (20, 300), (30, 200)]))
+    monkeypatch.setattr(reproduce, "train", lambda *a, **k: pytest.fail("a finished run must not be retrained"))
+    [record] = reproduce.reproduce("d", ["digits-ce"], [2], 3, runs=store["runs"], results_dir=store["results"])
+    assert record["commit"] == "abc" and record["wall_s"] == 60 and record["images_per_s"] == 200
+    assert record["test_last"] == {"main": {"top1": 0.5, "many": 0.6, "medium": 0.4, "few": None}}
+    assert reproduce.read_store(store["results"] / "d.jsonl") == [record]
+
+
+def test_a_run_started_by_other_code_is_not_resumed(store: dict[str, Path]) -> None:
+    run_dir = reproduce.run_folder(store["runs"], "d", "digits-ce", [], 1, 0)
+    run_dir.mkdir(parents=True)
+    (run_dir / "provenance.json").write_text(json.dumps({"commit": "0" * 40}))
+    with pytest.raises(LongtailError, match="started by code at 0000"):
+        reproduce.reproduce("d", ["digits-ce"], [0], 1, runs=store["runs"], results_dir=store["results"])
+
+
+def test_one_store_holds_one_dataset(store: dict[str, Path]) -> None:
+    with pytest.raises(LongtailError, match="different datasets"):
+        reproduce.reproduce("d", ["digits-ce", "cifar10-lt-if100-ce"], [0], 1, runs=store["runs"],
+                            results_dir=store["results"])
+
+
+def test_a_readme_without_markers_is_refused(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(LongtailError, match="results markers"):
+        reproduce.replace_between_markers(readme, "table")
