@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import v2
 
 import longtail.losses
 import longtail.models
 from longtail.data.batch import Batch
-from longtail.engine.config import LossConfig, MethodConfig, ModelConfig, RunConfig
+from longtail.engine.config import LossConfig, MethodConfig, ModelConfig, RunConfig, resolve
 from longtail.errors import LongtailError
 from longtail.losses.weights import effective_number_weights
 from longtail.methods.deit_lt import DEIT_LT_CUT_POINTS, DeiTLT, FrozenTeacher, LabelTeacher, rank_groups
@@ -112,6 +113,31 @@ def test_student_heads_resizing_and_options():
         longtail.models.create("deit_lt_tiny_patch4_32", num_classes=NUM_CLASSES, drop_path=0.1)
     with pytest.raises(LongtailError, match="multiple of the patch size"):
         longtail.models.create("deit_lt_tiny_patch4_32", num_classes=NUM_CLASSES, image_size=30)
+
+
+def test_student_evaluates_cifar_as_resize_256_and_centre_crop_224_and_trains_on_the_whole_image():
+    # val-iisc/DeiT-LT datasets.py lines 615-622: Resize(256, bicubic) + CenterCrop(224) at test time
+    student = longtail.models.create(
+        "deit_lt_tiny_patch16_224", num_classes=NUM_CLASSES, depth=1, eval_crop_fraction=0.875
+    )
+    images = torch.randn(2, 3, 32, 32)
+    resized = v2.functional.resize(images, [256], interpolation=v2.InterpolationMode.BICUBIC, antialias=False)
+    centre = v2.functional.center_crop(resized, [224])
+    whole = v2.functional.resize(images, [224], interpolation=v2.InterpolationMode.BICUBIC, antialias=False)
+    with torch.no_grad():
+        torch.testing.assert_close(student.eval()(images).logits, student(centre).logits)
+        torch.testing.assert_close(student.train()(images).logits, student(whole).logits)
+    with pytest.raises(LongtailError, match="eval_crop_fraction"):
+        longtail.models.create("deit_lt_tiny_patch4_32", num_classes=NUM_CLASSES, eval_crop_fraction=0.0)
+
+
+def test_cifar_recipes_crop_as_the_official_transforms_for_their_student_size():
+    student_224 = resolve("deit-lt-cifar100-lt-if100")
+    assert student_224.data.augment["resized_crop"] == [0.08, 1.0] and student_224.data.augment["crop"]
+    assert student_224.model.args["eval_crop_fraction"] == 0.875
+    student_32 = resolve("deit-lt-cifar10-lt-if100-budget")  # padded crop for a 32 px student (lines 607-610)
+    assert student_32.data.augment["resized_crop"] is None and student_32.data.augment["padding"] == 4
+    assert student_32.model.args["eval_crop_fraction"] == 1.0
 
 
 def test_student_uses_explicit_attention_on_cpu_with_the_fused_values():

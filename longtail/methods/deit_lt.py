@@ -63,7 +63,11 @@ Where the official code differs from the paper, and what this module does:
   this module does not weight soft distillation and says so if asked to.
 * The official code upsamples CIFAR to 224 px before augmenting (timm ``create_transform``) and downsamples
   the mixed batch to the teacher's 32 px; here the batch is augmented and mixed at the dataset's resolution,
-  the student upsamples its input, and the teacher gets the batch as it is when the sizes agree.
+  the student upsamples its input, and the teacher gets the batch as it is when the sizes agree. The crops
+  follow its ``datasets.py``: a 224 px student trains on timm's RandomResizedCrop (area 0.08-1, lines
+  597-606; here ``data.augment.resized_crop: [0.08, 1.0]`` at 32 px, then the student's bicubic upsampling)
+  and is tested on Resize(256) + CenterCrop(224) (lines 615-622; the student's ``eval_crop_fraction: 0.875``);
+  a 32 px student keeps the padded 32 px crop (lines 607-610) and the whole test image.
 * RandAugment is torchvision's (2 operations, magnitude 9, batched by the loader), not timm's
   ``rand-m9-mstd0.5-inc1`` (which adds magnitude noise of std 0.5 and uses increasing-severity operations).
 * Repeated augmentation and gradient accumulation are the official ones: the recipes sample with

@@ -14,7 +14,9 @@ Registered variants:
 aux = {'cls_logits': z_cls, 'dist_logits': z_dist})`` in training and in evaluation mode alike (timm's own
 forward averages the heads unless distilled training is switched on; this module calls the heads itself).
 Images of another size are resized (bicubic) to the model's input size first, as the paper upsamples
-32 px CIFAR images to 224 px.
+32 px CIFAR images to 224 px. In evaluation mode ``eval_crop_fraction`` < 1 resizes them to
+``image_size / eval_crop_fraction`` and keeps the centre ``image_size`` square instead: DeiT-LT's test transform
+for CIFAR is Resize(256) + CenterCrop(224) (val-iisc/DeiT-LT ``datasets.py`` lines 615-622), fraction 0.875.
 
 Attention runs PyTorch's fused ``scaled_dot_product_attention`` on GPUs and timm's explicit
 softmax(QKᵀ/√d)·V on CPUs: the CPU flash-attention backward is about 12x slower than its forward at these
@@ -48,10 +50,13 @@ class DistilledViT(Network):
         patch_size: int,
         drop_path_rate: float = 0.0,
         depth: int | None = None,
+        eval_crop_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise LongtailError(f"image_size {image_size} is not a multiple of the patch size {patch_size}.")
+        if not 0.0 < eval_crop_fraction <= 1.0:
+            raise LongtailError(f"eval_crop_fraction must be in (0, 1], got {eval_crop_fraction}.")
         blocks = {} if depth is None else {"depth": depth}
         self.vit = timm.create_model(
             arch,
@@ -63,6 +68,7 @@ class DistilledViT(Network):
             **blocks,
         )
         self.image_size = image_size
+        self.eval_crop_fraction = eval_crop_fraction
         self.num_features = self.vit.embed_dim
         self._attentions = [module for module in self.vit.modules() if hasattr(module, "fused_attn")]
 
@@ -77,10 +83,19 @@ class DistilledViT(Network):
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The final CLS and DIST tokens (B, 2, D), after the last norm."""
         if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(images, size=self.image_size, mode="bicubic", align_corners=False)
+            images = self.resize(images)
         for attention in self._attentions:
             attention.fused_attn = images.is_cuda
         return self.vit.forward_features(images)[:, :2]
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` at ``image_size`` (bicubic); in evaluation, resized to ``image_size / eval_crop_fraction``
+        and centre-cropped."""
+        crop = not self.training and self.eval_crop_fraction < 1.0
+        size = round(self.image_size / self.eval_crop_fraction) if crop else self.image_size
+        resized = F.interpolate(images, size=size, mode="bicubic", align_corners=False)
+        top = round((size - self.image_size) / 2)
+        return resized[..., top : top + self.image_size, top : top + self.image_size]
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """The mean of the CLS and DIST tokens (B, D) (timm's ``pre_logits``)."""
@@ -106,16 +121,22 @@ class DistilledViT(Network):
 
 def _register(name: str, arch: str, default_size: int, patch_size: int, description: str) -> None:
     def factory(
-        num_classes: int, drop_path_rate: float = 0.0, image_size: int = default_size, depth: int | None = None
+        num_classes: int,
+        drop_path_rate: float = 0.0,
+        image_size: int = default_size,
+        depth: int | None = None,
+        eval_crop_fraction: float = 1.0,
     ) -> DistilledViT:
-        return DistilledViT(arch, num_classes, image_size, patch_size, drop_path_rate, depth)
+        return DistilledViT(arch, num_classes, image_size, patch_size, drop_path_rate, depth, eval_crop_fraction)
 
     factory.__name__ = name
     factory.__doc__ = (
         f"{description}: distilled ViT (CLS + DIST tokens, two heads), patch {patch_size}, random weights. "
         f"``image_size`` (default {default_size}): the input size (other sizes are resized to it); "
         "``drop_path_rate``: stochastic depth, rising linearly over the blocks to this value (DeiT-LT: 0.1); "
-        "``depth``: number of transformer blocks (default 12; fewer for quick CPU runs)."
+        "``depth``: number of transformer blocks (default 12; fewer for quick CPU runs); "
+        "``eval_crop_fraction``: in evaluation, resize other sizes to image_size / fraction and centre-crop "
+        "(DeiT-LT's CIFAR test transform: 0.875)."
     )
     register_model(name)(factory)
 
