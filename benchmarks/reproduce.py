@@ -333,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/reproduce"))
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     parser.add_argument("--readme", type=Path, default=PROJECT_ROOT / "README.md", help="README whose results part is replaced")
+    parser.add_argument("--no-readme", action="store_true", help="leave the README alone (runs in the background)")
     parser.add_argument("--tables-only", action="store_true", help="regenerate the tables, train nothing")
     args = parser.parse_args(argv)
     if not args.tables_only:
@@ -342,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             reproduce(args.dataset, args.recipes, args.seeds, args.budget, args.set, args.runs, args.results)
         except LongtailError as error:
             raise SystemExit(f"error: {error}") from None
-    write_tables(args.results, args.readme)
+    write_tables(args.results, None if args.no_readme else args.readme)
     print(tables_markdown(args.results))
 
 
