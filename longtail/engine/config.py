@@ -40,6 +40,15 @@ RUNTIME_KEYS = frozenset(
 )
 
 
+def bounded(default: Any, *, minimum: float | None = None, below: float | None = None) -> Any:
+    """A schema field whose value (each item, for a list) must be >= ``minimum`` and < ``below``; ``from_dict``
+    checks it and names the key."""
+    limits = {"minimum": minimum, "below": below}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=limits)
+    return field(default=default, metadata=limits)
+
+
 @dataclass
 class MethodConfig:
     name: str = "erm"
@@ -53,14 +62,14 @@ class DataConfig:
     imbalance: float = 100.0
     profile: str = "exp"
     selection: str = "shuffle"
-    val_per_class: int | None = None
-    batch_size: int = 128  # global: divided among DDP processes
-    eval_batch_size: int = 512
+    val_per_class: int | None = bounded(None, minimum=0)
+    batch_size: int = bounded(128, minimum=1)  # global: divided among DDP processes
+    eval_batch_size: int = bounded(512, minimum=1)
     augment: str | dict[str, Any] | None = "auto"  # a preset name or AugmentSpec fields; None: no augmentation
     strong_augment: str | dict[str, Any] | None = "autoaugment"  # the second view's, when two_views
     two_views: bool = False
     sampler: str | dict[str, Any] = "instance"  # a name, or name and options: {name: repeated, repeats: 3}
-    num_workers: int = 0
+    num_workers: int = bounded(0, minimum=0)
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,14 +91,14 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
+    lr: float = bounded(0.1, minimum=0)
+    momentum: float = bounded(0.9, minimum=0)
     nesterov: bool = False
-    weight_decay: float = 2e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    sam_rho: float = 0.0  # > 0 turns on sharpness-aware minimisation
-    clip_grad: float | None = None  # max gradient norm
-    backbone_lr_scale: float = 1.0  # lr multiplier of every parameter outside model.head_modules()
+    weight_decay: float = bounded(2e-4, minimum=0)
+    betas: list[float] = bounded([0.9, 0.999], minimum=0, below=1)
+    sam_rho: float = bounded(0.0, minimum=0)  # > 0 turns on sharpness-aware minimisation
+    clip_grad: float | None = bounded(None, minimum=0)  # max gradient norm
+    backbone_lr_scale: float = bounded(1.0, minimum=0)  # lr multiplier of every parameter outside model.head_modules()
 
 
 @dataclass
@@ -110,12 +119,12 @@ class StageConfig:
     run's loss when given."""
 
     name: str = "stage"
-    epochs: int = 1
+    epochs: int = bounded(1, minimum=1)
     min_epochs: int = 1  # the fewest epochs ``budget`` may compress this stage to
     trainable: str = "all"  # parameter selector: 'all', 'head' or one the method defines
     reinit_head: bool = False
     sampler: str | dict[str, Any] | None = None
-    batch_size: int | None = None
+    batch_size: int | None = bounded(None, minimum=1)
     optim: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
     loss: LossConfig | None = None
@@ -131,9 +140,9 @@ class TrainConfig:
     compile: bool = False
     ema_decay: float = 0.0  # > 0 keeps an EMA of the weights
     ema_eval: bool = True  # validate and report the EMA weights when there is an EMA (else the raw ones)
-    eval_every: int = 1
+    eval_every: int = bounded(1, minimum=1)
     progress: bool = True
-    log_every: int = 20  # steps between TensorBoard step scalars
+    log_every: int = bounded(20, minimum=1)  # steps between TensorBoard step scalars
     accumulate_steps: int = 1  # micro-batches (of data.batch_size each) per optimiser step
 
     def __post_init__(self) -> None:
@@ -324,7 +333,21 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key in data:
         if key not in hints:
             raise _unknown_key_error(cls, f"{prefix}{key}", key, prefix)
-    return cls(**{key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()})
+    values = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    limits = {item.name: item.metadata for item in dataclasses.fields(cls)}
+    for key, value in values.items():
+        _check_limits(value, f"{prefix}{key}", **limits[key])
+    return cls(**values)
+
+
+def _check_limits(value: Any, key: str, minimum: float | None = None, below: float | None = None) -> None:
+    for item in value if isinstance(value, list) else [value]:
+        if item is None:
+            continue
+        if (minimum is not None and item < minimum) or (below is not None and item >= below):
+            allowed = [f">= {minimum:g}"] if minimum is not None else []
+            allowed += [f"< {below:g}"] if below is not None else []
+            raise LongtailError(f"Config key '{key}' must be {' and '.join(allowed)}, got {value!r}.")
 
 
 def _unknown_key_error(cls: type, dotted: str, key: str, prefix: str) -> LongtailError:

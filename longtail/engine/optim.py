@@ -24,19 +24,22 @@ def build_optimizer(param_groups: list[dict], config: OptimConfig) -> torch.opti
     0.4 ms against 2.6 ms; the updates are the same.
     """
     groups = [{**group, "lr": config.lr * group.pop("lr_scale", 1.0)} for group in param_groups]
-    if config.name == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-            fused=True,
-        )
-    if config.name == "adamw":
-        return torch.optim.AdamW(
-            groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=True
-        )
+    try:
+        if config.name == "sgd":
+            return torch.optim.SGD(
+                groups,
+                lr=config.lr,
+                momentum=config.momentum,
+                nesterov=config.nesterov,
+                weight_decay=config.weight_decay,
+                fused=True,
+            )
+        if config.name == "adamw":
+            return torch.optim.AdamW(
+                groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=True
+            )
+    except ValueError as error:  # settings that are valid one by one but not together, e.g. Nesterov without momentum
+        raise LongtailError(f"The optimiser settings do not work together: {error}. Change the optim.* keys.") from None
     raise unknown_name_error("optimiser", config.name, OPTIMIZERS)
 
 
