@@ -111,3 +111,43 @@ def test_rotation_spec_and_bad_policy():
         AugmentSpec(policy="autoaugmnt")
     with pytest.raises(LongtailError, match="Unknown augmentation 'crop'"):
         augment_spec("crop")
+
+
+@pytest.mark.parametrize(("fill", "erased_value"), [("mean", (0.0, 0.0, 0.0)), ("black", (-2.0, -2.0, -1.0))])
+def test_cutout_fill_is_the_mean_colour_after_or_black_before_normalisation(fill, erased_value):
+    # SHIKE's official Cutout runs before Normalize (cifarTrain.py lines 29-36): erased pixels are black
+    white = torch.full((40, 3, 32, 32), 255, dtype=torch.uint8)
+    spec = AugmentSpec(crop=False, flip=False, cutout=16, cutout_fill=fill)
+    out = BatchAugment(spec, MEAN, STD)(white, seeded(0))
+    white_value = torch.tensor([(1 - m) / s for m, s in zip(MEAN, STD)]).view(1, 3, 1, 1)
+    erased = ~torch.isclose(out, white_value).all(1, keepdim=True)
+    assert erased.any()
+    expected = torch.tensor(erased_value).view(1, 3, 1, 1).expand_as(out)
+    torch.testing.assert_close(out[erased.expand_as(out)], expected[erased.expand_as(out)])
+    with pytest.raises(LongtailError, match="cutout fill"):
+        AugmentSpec(cutout=16, cutout_fill="grey")
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment"])
+def test_policy_fill_colours_the_area_geometric_operations_uncover(policy):
+    # SHIKE's CIFAR10Policy fills with grey 128 (autoaugment.py lines 49, 91, 112); torchvision's default is 0
+    white = torch.full((64, 3, 32, 32), 255, dtype=torch.uint8)
+    black_fill = GroupedPolicy(policy)(white, seeded(3))
+    grey_fill = GroupedPolicy(policy, fill=128)(white, seeded(3))
+    uncovered = black_fill != grey_fill
+    assert (black_fill[uncovered] == 0).sum() > 1000 and (grey_fill[uncovered] == 128).sum() > 1000
+    with pytest.raises(LongtailError, match="policy_fill"):
+        AugmentSpec(policy=policy, policy_fill=300)
+
+
+def test_streamed_images_take_the_black_cutout_before_normalisation():
+    from PIL import Image
+
+    from longtail.data.file_loader import file_transform
+
+    spec = AugmentSpec(crop=False, flip=False, cutout=16, cutout_fill="black")
+    torch.manual_seed(0)
+    out = file_transform(spec, True, 32, MEAN, STD)(Image.new("RGB", (40, 40), (255, 255, 255)))
+    black = torch.tensor([-m / s for m, s in zip(MEAN, STD)]).view(3, 1, 1).expand_as(out)
+    erased = torch.isclose(out, black).all(0)
+    assert 0 < erased.sum() <= 256

@@ -13,7 +13,12 @@ calls per batch instead of one per image.
 On CPU the ops run single-threaded (``longtail.data.threads``). All random numbers come from a CPU
 ``torch.Generator``, so a seed draws the same augmentation parameters on CPU and GPU.
 Cutout (DeVries & Taylor, 2017) follows the original code: after normalisation, a ``size`` x ``size``
-square centred anywhere in the image (clipped at the border) is set to 0.
+square centred anywhere in the image (clipped at the border) is set to 0, the dataset's mean colour
+(``cutout_fill='mean'``). ``cutout_fill='black'`` erases before normalisation instead, to pixel value 0, as
+SHIKE's official code does (jinyan-06/SHIKE ``cifarTrain.py`` lines 29-36: ``Cutout`` between ``ToTensor`` and
+``Normalize``). The geometric operations of AutoAugment / RandAugment fill the uncovered area with
+``policy_fill`` (torchvision's default 0, black; SHIKE's ``CIFAR10Policy`` grey 128, ``autoaugment.py`` lines
+49, 91 and 112).
 """
 
 from __future__ import annotations
@@ -31,13 +36,16 @@ from longtail.data.threads import intra_op_threads
 from longtail.errors import LongtailError, unknown_name_error
 
 POLICIES = ("autoaugment", "randaugment")
+CUTOUT_FILLS = ("mean", "black")
 
 
 @dataclass(frozen=True)
 class AugmentSpec:
     """What to do to a training image. ``crop``: random crop of the original size after zero ``padding``
     (streamed images: RandomResizedCrop); ``rotation``: maximum angle in degrees; ``policy``: None,
-    'autoaugment' or 'randaugment'; ``cutout``: side of the erased square in pixels (0: off);
+    'autoaugment' or 'randaugment'; ``policy_fill``: the pixel value (0-255) the policy's geometric operations
+    fill with; ``cutout``: side of the erased square in pixels (0: off); ``cutout_fill``: 'mean' (0 after
+    normalisation) or 'black' (0 before);
     ``color_jitter``: (brightness, contrast, saturation, hue) strengths as torchvision's ``ColorJitter``,
     applied after the flip (None: off); ``grayscale``: probability of torchvision's ``RandomGrayscale``, after
     the jitter; ``resized_crop``: the (min, max) area fraction of a RandomResizedCrop (aspect ratio 3/4 to 4/3)
@@ -50,6 +58,8 @@ class AugmentSpec:
     rotation: float = 0.0
     policy: str | None = None
     cutout: int = 0
+    cutout_fill: str = "mean"
+    policy_fill: int = 0
     randaugment_ops: int = 2
     randaugment_magnitude: int = 9
     color_jitter: tuple[float, float, float, float] | None = None
@@ -59,6 +69,10 @@ class AugmentSpec:
     def __post_init__(self) -> None:
         if self.policy is not None and self.policy not in POLICIES:
             raise unknown_name_error("augmentation policy", self.policy, POLICIES)
+        if self.cutout_fill not in CUTOUT_FILLS:
+            raise unknown_name_error("cutout fill", self.cutout_fill, CUTOUT_FILLS)
+        if not 0 <= self.policy_fill <= 255:
+            raise LongtailError(f"policy_fill is a pixel value in [0, 255], got {self.policy_fill!r}.")
         if self.color_jitter is not None:
             jitter = tuple(float(value) for value in self.color_jitter)
             if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
@@ -234,12 +248,14 @@ class GroupedPolicy:
     runs over the entries present in the batch only.
     """
 
-    def __init__(self, policy: str, cifar: bool = True, num_ops: int = 2, magnitude: int = 9) -> None:
+    def __init__(
+        self, policy: str, cifar: bool = True, num_ops: int = 2, magnitude: int = 9, fill: int = 0
+    ) -> None:
         if policy == "autoaugment":
             which = v2.AutoAugmentPolicy.CIFAR10 if cifar else v2.AutoAugmentPolicy.IMAGENET
-            self.transform = v2.AutoAugment(which)
+            self.transform = v2.AutoAugment(which, fill=fill)
         else:
-            self.transform = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+            self.transform = v2.RandAugment(num_ops=num_ops, magnitude=magnitude, fill=fill)
         self.policy = policy
         self._tables: dict[tuple[int, int], tuple[list[tuple[str, float]], torch.Tensor, torch.Tensor | None]] = {}
 
@@ -326,7 +342,9 @@ class BatchAugment:
         self.mean, self.std = tuple(mean), tuple(std)
         self.channels_last = channels_last
         self.policy = (
-            GroupedPolicy(spec.policy, cifar_policy, spec.randaugment_ops, spec.randaugment_magnitude)
+            GroupedPolicy(
+                spec.policy, cifar_policy, spec.randaugment_ops, spec.randaugment_magnitude, spec.policy_fill
+            )
             if spec.policy
             else None
         )
@@ -349,7 +367,10 @@ class BatchAugment:
             images = rotate(images, spec.rotation, generator)
         if self.policy is not None:
             images = self.policy(images, generator)
+        black_cutout = spec.cutout and spec.cutout_fill == "black"
+        if black_cutout:
+            images = cutout(images, spec.cutout, generator)
         out = normalise(images, self.mean, self.std)
-        if spec.cutout:
+        if spec.cutout and not black_cutout:
             out = cutout(out, spec.cutout, generator)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out

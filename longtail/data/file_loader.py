@@ -24,7 +24,7 @@ RESIZE_RATIO = 0.875  # evaluation: resize to size / 0.875, then centre crop (25
 
 
 class Cutout(torch.nn.Module):
-    """Cutout of one normalised image (C, H, W); used inside worker transforms."""
+    """Cutout (to 0) of one image (C, H, W); used inside worker transforms."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
@@ -52,11 +52,17 @@ def file_transform(
     if spec.rotation:
         steps.append(v2.RandomRotation(spec.rotation))
     if spec.policy == "autoaugment":
-        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET))
+        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, fill=spec.policy_fill))
     elif spec.policy == "randaugment":
-        steps.append(v2.RandAugment(num_ops=spec.randaugment_ops, magnitude=spec.randaugment_magnitude))
-    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    if spec.cutout:
+        steps.append(
+            v2.RandAugment(num_ops=spec.randaugment_ops, magnitude=spec.randaugment_magnitude, fill=spec.policy_fill)
+        )
+    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    black_cutout = spec.cutout and spec.cutout_fill == "black"
+    if black_cutout:
+        steps.append(Cutout(spec.cutout))
+    steps.append(v2.Normalize(list(mean), list(std)))
+    if spec.cutout and not black_cutout:
         steps.append(Cutout(spec.cutout))
     return v2.Compose(steps)
 
