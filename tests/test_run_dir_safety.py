@@ -108,3 +108,14 @@ def test_resuming_weights_that_do_not_fit_the_config_is_refused(tmp_path):
     torch.save(state, tmp_path / CHECKPOINT)
     with pytest.raises(LongtailError, match=r"Cannot resume .* do not fit .*1 of another shape \(body.1.weight\)"):
         train(tiny_config(), tmp_path, resume=True)
+
+
+def test_an_initial_checkpoint_of_another_model_is_refused(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.save(resnet18().state_dict(), tmp_path / "resnet18.pt")
+    config = tiny_config("model.name=resnet32", f"model.init_checkpoint={tmp_path / 'resnet18.pt'}")
+    message = r"saved from another model: only 0 of the \d+ parameter tensors of 'CifarResNet' \(0.0% of its weights\)"
+    with pytest.raises(LongtailError, match=message):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

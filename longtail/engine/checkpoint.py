@@ -24,6 +24,7 @@ from longtail.evaluation.report import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+MIN_INITIAL_FRACTION = 0.5  # of the model's parameter values that model.init_checkpoint must supply
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -157,12 +158,13 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> list[str]:
     """Start ``model`` from the weights at ``path`` (``model.init_checkpoint``): a longtail run directory or
     checkpoint (its EMA weights when it kept them), or a file holding a state dict (or ``{'model': ...}`` /
     ``{'state_dict': ...}``). Tensors whose name or shape does not match (a classifier for other classes) are
-    skipped and their names returned; a file sharing no tensor with the model is an error."""
+    skipped and their names returned. A file that supplies under half of the model's parameter values (buffers
+    such as BatchNorm's batch counters do not count) was saved from another model: an error."""
     path = Path(path).expanduser()
     if path.is_dir():
         loaded: Any = load_checkpoint(path)
     elif path.is_file():
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = read_torch_file(path, "state dict (model.init_checkpoint)")
     else:
         raise LongtailError(f"model.init_checkpoint {path} does not exist; give a run directory or a .pt file.")
     if isinstance(loaded, dict) and "config" in loaded and "model" in loaded:
@@ -171,12 +173,23 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> list[str]:
         weights = _state_dict_in(loaded, path)
     own = model.state_dict()
     matching = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    if not matching:
-        raise LongtailError(
-            f"model.init_checkpoint {path} shares no weight (name and shape) with model '{type(model).__name__}'."
-        )
+    _check_enough_parameters(model, set(matching), path)
     model.load_state_dict(matching, strict=False)
     return sorted(set(own) - set(matching))
+
+
+def _check_enough_parameters(model: nn.Module, matching: set[str], path: Path) -> None:
+    parameters = dict(model.named_parameters())
+    loaded = [name for name in parameters if name in matching]
+    total = sum(p.numel() for p in parameters.values())
+    fraction = sum(parameters[name].numel() for name in loaded) / max(total, 1)
+    if fraction < MIN_INITIAL_FRACTION:
+        found = f": {_some(loaded)}" if loaded else ""
+        raise LongtailError(
+            f"model.init_checkpoint {path} was saved from another model: only {len(loaded)} of the "
+            f"{len(parameters)} parameter tensors of '{type(model).__name__}' ({100 * fraction:.1f}% of its weights) "
+            f"match it by name and shape{found}. Give a checkpoint of this model (or of one that shares its backbone)."
+        )
 
 
 def _state_dict_in(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
