@@ -33,3 +33,8 @@ def test_bad_settings_name_the_key_and_leave_no_run_folder(override, message, tm
     assert main(["train", "--recipe", "digits-ce", *FAST, *override.split(), "--run-dir", str(run_dir)]) == 2
     assert message in error_line(capsys)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_data_setting_inside_data_args_names_its_own_key(capsys):
+    assert main(["train", "--recipe", "digits-ce", *FAST, "data.args={root: /tmp, seed: 3}"]) == 2
+    assert "Set 'data.root' instead of 'data.args.root', 'train.seed' instead of 'data.args.seed'" in error_line(capsys)

@@ -72,6 +72,14 @@ class DataConfig:
     num_workers: int = bounded(0, minimum=0)
     args: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # data.args goes to the dataset's builder beside the settings above (and the seed): one key, one place.
+        own_keys = {item.name: f"data.{item.name}" for item in dataclasses.fields(self)} | {"seed": "train.seed"}
+        repeated = [key for key in self.args if key in own_keys]
+        if repeated:
+            fixes = ", ".join(f"'{own_keys[key]}' instead of 'data.args.{key}'" for key in repeated)
+            raise LongtailError(f"Set {fixes}: data.args holds only the dataset's own options.")
+
 
 @dataclass
 class ModelConfig:
