@@ -189,3 +189,50 @@ def test_stage2_through_the_trainer_reports_accuracy_before_and_after(tmp_path, 
     for name, value in weights_stage1.items():
         same = torch.equal(value, weights_both[name])
         assert same != name.startswith("retrain_heads."), name
+
+
+def stage2_step(method: SHIKE, model: torch.nn.Module, lr: float, weight_decay: float) -> None:
+    """One stage-2 step as the trainer runs it: freeze, frozen modules in eval, the method's optimiser groups."""
+    stage = method.stages()[1]
+    method.prepare_stage(stage, model)
+    params = method.trainable_parameters(stage, model)
+    trainable = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    model.train()
+    for module in frozen_modules(model):
+        module.eval()
+    groups = method.param_groups(stage, model, params)
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    optimizer.zero_grad(set_to_none=True)
+    loss, _ = method.training_step(model, batch(), method.build_loss(stage.loss), epoch=0)
+    loss.backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_stage2_train_mode_lets_the_frozen_batchnorm_use_and_update_batch_statistics(official):
+    # cifarTrain.py line 237: model.train() in every epoch, stage 2 included
+    method = make_method(f"method.args.stage2_train_mode={official}")
+    model = method.build_model()
+    settle_batchnorm(model)
+    norm = model.trunk.lower.bn1  # the stem's, frozen in stage 2
+    running_mean = norm.running_mean.clone()
+    stage2_step(method, model, lr=0.1, weight_decay=0.0)
+    assert norm.training == official
+    assert torch.equal(norm.running_mean, running_mean) != official
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_stage2_decay_frozen_shrinks_the_frozen_backbone_by_lr_times_weight_decay(official):
+    # cifarTrain.py lines 103-104 and 248: every parameter in the stage-2 SGD, frozen ones with zero gradients
+    method = make_method(f"method.args.stage2_decay_frozen={official}")
+    model = method.build_model()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    stage2_step(method, model, lr=0.1, weight_decay=0.01)
+    for name, p in model.named_parameters():
+        if name.startswith("retrain_heads."):
+            continue
+        expected = before[name] * (1 - 0.1 * 0.01) if official else before[name]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=0.0)
+        assert p.grad is None or not p.grad.any()

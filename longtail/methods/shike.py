@@ -14,8 +14,9 @@ The method (``shike``):
 * Stage 2 (every later stage of the recipe, ``trainable: head``; the reference: the last 20 epochs):
   ``prepare_stage`` switches the model to the second head set (``select_heads('retrain')``, also replayed on
   resume and when a checkpoint is loaded), everything else is frozen (and in eval mode, so BatchNorm
-  statistics stay fixed), and the fresh heads train with Balanced Softmax ``L_2`` (loss ``shike`` with
-  ``balanced: true``) on the same instance-balanced loader.
+  statistics stay fixed, and untouched by the optimiser), and the fresh heads train with Balanced Softmax
+  ``L_2`` (loss ``shike`` with ``balanced: true``) on the same instance-balanced loader. Two method options
+  reproduce the official stage 2 instead (see below): ``stage2_train_mode`` and ``stage2_decay_frozen``.
 * Prediction: the mean of the active heads' logits, (1/K) Σ_k z_k (the model's ``logits``): the main heads
   after stage 1, the new heads after stage 2. During stage 2 the report also shows the main heads' mean as
   the head ``stage1`` (the frozen model's stage-1 prediction, from the same pass), so one report gives the
@@ -58,6 +59,24 @@ Where the official code differs from the paper, and what this module does:
 
 * Its CIFAR data keeps the first n_i images of each class (the shuffle is commented out): the recipes use
   ``data.selection: first``.
+* Its stage 2 runs in ``model.train()`` (``cifarTrain.py`` line 237, every epoch; freezing at lines 133-137
+  only clears ``requires_grad``): the frozen backbone's BatchNorm normalises with batch statistics and keeps
+  updating its running averages, which the evaluation then uses. Here the frozen model runs in eval mode, as
+  a frozen feature extractor should; method option ``stage2_train_mode: true`` gives the official behaviour.
+* Its stage-2 SGD covers every parameter with weight decay 5e-4 (``optimizer_crt``, lines 103-104), and the
+  frozen ones hold zero gradients, not ``None`` (stage 1 gave them ``.grad`` tensors; ``zero_grad()`` at line
+  248 zeroes them under torch 1.11's default ``set_to_none=False``), so SGD keeps decaying the frozen
+  backbone and the stage-1 heads: each step moves them by ``-lr · wd · p`` through the momentum buffer.
+  Here frozen parameters are left alone; ``stage2_decay_frozen: true`` gives the official behaviour (they
+  join the stage's optimiser, without an lr scale, with zero gradients).
+* Its augmentation applies Cutout before normalisation (lines 29-36: the erased square is black, not the
+  mean colour) and its ``CIFAR10Policy`` fills with grey 128 (``autoaugment.py`` lines 49, 91, 112; the
+  library's AutoAugment fills with 0). The recipes keep the library's Cutout and policy;
+  ``data.augment={policy: autoaugment, cutout: 16, cutout_fill: black, policy_fill: 128}`` gives the official
+  ones (``longtail.data.augment``).
+
+``method.args.stage2_train_mode=true method.args.stage2_decay_frozen=true`` with that ``data.augment`` trains
+the official stage 2 and augmentation.
 
 The recipes set ``kl_reduction: official`` and ``dkt_target: official``: the published numbers (56.3 on
 CIFAR-100-LT IF 100) come from the official code, and with the paper's per-sample KL the weight-10 hardest
@@ -87,6 +106,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longtail.engine.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss
 from longtail.losses.registry import register_loss
@@ -281,7 +301,20 @@ STAGE1_HEAD = "stage1"
 @register_method("shike")
 class SHIKE(Method):
     """SHIKE (see the module docstring): stage 1 trains the DKF model with its main heads; every later stage
-    re-trains the second head set alone on the frozen model."""
+    re-trains the second head set alone on the frozen model.
+
+    ``stage2_train_mode``: the frozen model runs in training mode in stage 2 (BatchNorm batch statistics, as
+    the official code); ``stage2_decay_frozen``: stage 2's weight decay also shrinks the frozen parameters
+    (as the official code's zero gradients let it)."""
+
+    def __init__(
+        self, config: RunConfig, info: Any, stage2_train_mode: bool = False, stage2_decay_frozen: bool = False
+    ) -> None:
+        super().__init__(config, info)
+        self.stage2_train_mode = stage2_train_mode
+        self.stage2_decay_frozen = stage2_decay_frozen
+        self.retraining = False
+        self.decayed_frozen: list[nn.Parameter] = []
 
     def stages(self) -> list[Stage]:
         stages = super().stages()
@@ -301,6 +334,7 @@ class SHIKE(Method):
                 f"shike_resnet152, shike_resnext50_32x4d), got {type(network).__name__}."
             )
         network.select_heads("retrain" if is_retraining(stage) else "main")
+        self.retraining = is_retraining(stage)
         super().prepare_stage(stage, model)
 
     def trainable_parameters(self, stage: Stage, model: nn.Module) -> list[nn.Parameter]:
@@ -312,9 +346,25 @@ class SHIKE(Method):
         unused = set() if second_heads is None else {id(p) for p in second_heads.parameters()}
         return [p for p in model.parameters() if id(p) not in unused]
 
+    def param_groups(self, stage: Stage, model: nn.Module, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """With ``stage2_decay_frozen``, stage 2 adds a group of every frozen parameter (given zero gradients
+        by ``training_step``), so weight decay and momentum act on them as in the official code."""
+        groups = super().param_groups(stage, model, params)
+        self.decayed_frozen = []
+        if self.stage2_decay_frozen and is_retraining(stage):
+            trainable = {id(p) for p in params}
+            self.decayed_frozen = [p for p in model.parameters() if id(p) not in trainable]
+            groups.append({"params": self.decayed_frozen})
+        return groups
+
     def training_step(
         self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
     ) -> tuple[Tensor, ModelOutput]:
+        if self.retraining and self.stage2_train_mode:
+            unwrap(model).train()
+        for param in self.decayed_frozen:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
         output = model(batch.images)
         return criterion(in_float32(output), batch.targets), output
 
