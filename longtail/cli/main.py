@@ -9,7 +9,7 @@ import sys
 from longtail.errors import LongtailError
 
 # Sub-command modules of longtail.cli; each defines add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("datasets", "train", "eval", "predict", "recipes", "cluster")
+COMMANDS = ("datasets", "train", "eval", "predict", "export", "recipes", "cluster")
 INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C (128 + SIGINT)
 
 

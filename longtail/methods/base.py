@@ -164,6 +164,12 @@ class Method:
             output.aux["no_meta_logits"] = model(images).logits
         return output
 
+    def exportable_logits(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The logits of ``predict`` from images alone, computed without data-dependent shapes or decisions
+        taken in Python, so that ONNX, TorchScript tracing and ``torch.export`` record them
+        (``longtail export``)."""
+        return self.predict(model, images).logits
+
     def forward(self, model: nn.Module, images: torch.Tensor, meta: dict[str, torch.Tensor] | None) -> ModelOutput:
         """``model(images, meta=meta)`` for models that take meta-information and are given some, else
         ``model(images)``."""

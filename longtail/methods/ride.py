@@ -398,6 +398,26 @@ def routed_forward(
     return RoutedPrediction(logits=logit_sums / num_experts.unsqueeze(1), num_experts=num_experts)
 
 
+def masked_routed_logits(
+    network: MultiExpertNetwork, router: ExpertRouter, images: Tensor, threshold: float = 0.5
+) -> Tensor:
+    """The logits of ``routed_forward`` with every expert run on every image and its logits added only
+    where the router chose it: no data-dependent shapes, so it exports (at the cost of all experts)."""
+    shared = network.forward_trunk(images)
+    logits, features = network.forward_expert(shared, 0)
+    logit_sums = logits.float()
+    num_experts = torch.ones_like(logit_sums[:, :1])
+    active = torch.ones_like(num_experts, dtype=torch.bool)
+    cut = decision_cut(threshold)
+    for index in range(1, network.num_experts):
+        scores = router(index - 1, logit_sums / index, features)
+        active = active & (scores.float() > cut).unsqueeze(1)
+        logits, features = network.forward_expert(shared, index)
+        logit_sums = logit_sums + torch.where(active, logits.float(), 0.0)
+        num_experts = num_experts + active.float()
+    return logit_sums / num_experts
+
+
 @dataclass(frozen=True)
 class ComputeCost:
     """Multiply-accumulates per image of the shared trunk, of each expert and of each router."""
@@ -606,6 +626,14 @@ class RIDE(Method):
             expert_features=full.expert_features,
             aux=aux,
         )
+
+    def exportable_logits(self, model: nn.Module, images: Tensor) -> Tensor:
+        """The routed prediction of ``predict`` (the full ensemble before the router stage), traceable."""
+        network = unwrap(model)
+        router = getattr(network, ROUTER, None)
+        if router is None:
+            return model(images).logits
+        return masked_routed_logits(network, router, images, self.router_threshold)
 
     def compute_cost(self, network: MultiExpertNetwork, images: Tensor) -> ComputeCost:
         """The network's ComputeCost for images shaped like ``images[0]``, measured once and remembered."""

@@ -198,6 +198,12 @@ class SimCLR(Method):
         logits = torch.from_numpy(probabilities).clamp_(min=MIN_PROBABILITY).log().float().to(images.device)
         return ModelOutput(logits=logits, features=features)
 
+    def exportable_logits(self, model: nn.Module, images: Tensor) -> Tensor:
+        raise LongtailError(
+            "A SimCLR run predicts with a k-NN classifier over its training features, which cannot be exported; "
+            "export its features with `longtail predict RUN --features OUT.npz` instead."
+        )
+
     def _knn_classifier(self, model: nn.Module) -> KNeighborsClassifier:
         network = unwrap(model)
         key = (id(network), self._steps)

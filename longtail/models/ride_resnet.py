@@ -205,7 +205,7 @@ def expert_activation(activation: nn.Module, x: torch.Tensor, experts: slice, nu
     per-channel AGLU over all K experts' channels) is applied with the slice of its parameters that belongs
     to the experts that run."""
     count = experts.stop - experts.start
-    if count == num_experts:
+    if count == num_experts or not any(True for _ in activation.parameters()):
         return activation(x)
     sliced = {}
     for name, value in activation.named_parameters():
@@ -231,7 +231,7 @@ class CifarExpertStages(ExpertSet):
         for block in (*self.layer2, *self.layer3):
             out = block(out, experts)
         pooled = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-        return pooled.view(len(pooled), -1, self.width).transpose(0, 1)
+        return pooled.unflatten(1, (-1, self.width)).transpose(0, 1)
 
 
 def _expert_stage(
