@@ -33,6 +33,19 @@ def test_describe_digits_with_profile(capsys):
     assert "val 50" in out
 
 
+def test_describe_reports_the_size_of_small_images_kept_in_memory(tmp_path, capsys):
+    from PIL import Image
+
+    for split, count in (("train", 2), ("test", 1)):
+        for label in range(2):
+            folder = tmp_path / split / f"c{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (28, 28), (40 * label + i,) * 3).save(folder / f"{i}.png")
+    assert main(["datasets", "describe", "imagefolder-lt", "--root", str(tmp_path), "--imbalance", "1"]) == 0
+    assert "imagefolder-lt: 2 classes, images 28x28 (in memory)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["datasets", "describe", "digits-lt", "--imbalance", "0.5"], "Imbalance factor must be >= 1"),
     (["datasets", "describe", "digit-lt"], "Did you mean 'digits-lt'"),

@@ -158,8 +158,21 @@ def test_imagefolder_lt_in_memory_and_streamed(tmp_path):
     assert images.shape == (15, 3, 8, 8)
     expected_grey = [10 * k + i for k, n in enumerate([8, 4, 2, 1]) for i in range(n)]
     np.testing.assert_array_equal(images[:, 0, 0, 0].numpy(), expected_grey)
-    streamed = create_datasets("imagefolder-lt", root=tmp_path, imbalance=8, image_size=8)
+    streamed = create_datasets("imagefolder-lt", root=tmp_path, imbalance=8, image_size=8, in_memory=False)
     assert isinstance(streamed.train, ImageFiles) and streamed.info.train_counts == [8, 4, 2, 1]
+
+
+def test_imagefolder_lt_keeps_small_images_in_memory_at_their_size_and_streams_large_ones(tmp_path):
+    write_tree(tmp_path / "small", {"train": [3, 2], "test": [1, 1]}, size=28)
+    small = create_datasets("imagefolder-lt", root=tmp_path / "small", imbalance=1)
+    assert isinstance(small.train, InMemoryImages) and isinstance(small.test, InMemoryImages)
+    assert small.info.image_size == 28 and small.train.images.shape[1:] == (3, 28, 28)
+    write_tree(tmp_path / "large", {"train": [2, 2], "test": [1, 1]}, size=80)
+    large = create_datasets("imagefolder-lt", root=tmp_path / "large", imbalance=1)
+    assert isinstance(large.train, ImageFiles) and isinstance(large.test, ImageFiles)
+    assert large.info.image_size == 224
+    shrunk = create_datasets("imagefolder-lt", root=tmp_path / "large", imbalance=1, image_size=32)
+    assert isinstance(shrunk.train, InMemoryImages) and shrunk.train.images.shape[1:] == (3, 32, 32)
 
 
 def test_digits_lt_is_deterministic_and_long_tailed():
@@ -230,7 +243,7 @@ def test_corrupt_image_is_named_from_a_worker(tmp_path):
     write_tree(tmp_path, {"train": [2, 2], "test": [1, 1]}, suffix=".jpg")
     broken = tmp_path / "train" / "c0" / "000.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")
-    splits = create_datasets("imagefolder-lt", root=tmp_path, imbalance=1, image_size=8)
+    splits = create_datasets("imagefolder-lt", root=tmp_path, imbalance=1, image_size=8, in_memory=False)
     loader = create_loader(splits.train, 4, train=False, num_workers=1)
     with pytest.raises(LongtailError) as caught:
         list(loader)

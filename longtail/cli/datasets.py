@@ -55,11 +55,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _storage(splits: DatasetSplits) -> str:
+    from longtail.data.files import ImageFiles
+
+    return "(streamed from disk)" if isinstance(splits.train, ImageFiles) else "(in memory)"
+
+
 def describe_text(splits: DatasetSplits) -> str:
     info = splits.info
     group_of = {int(c): group for group, classes in info.shot_groups.items() for c in classes}
     width = max(len(n) for n in info.class_names)
-    lines = [f"{info.name}: {info.num_classes} classes, images {info.image_size}x{info.image_size}", ""]
+    images = f"images {info.image_size}x{info.image_size} {_storage(splits)}"
+    lines = [f"{info.name}: {info.num_classes} classes, {images}", ""]
     lines.append(f"{'class':>5}  {'name':<{width}}  {'train':>7}  group")
     for label, (name, count) in enumerate(zip(info.class_names, info.train_counts)):
         lines.append(f"{label:>5}  {name:<{width}}  {count:>7}  {group_of[label]}")

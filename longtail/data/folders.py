@@ -2,9 +2,11 @@
 
 Classes are in sorted folder order; class ``i`` of the profile is the ``i``-th folder, and ``n_max``
 defaults to the smallest training class. The test split is ``root/test`` (else ``root/val``); when both
-exist, ``root/val`` is the official validation split. With ``in_memory=True`` the images are decoded once
-into memory (resized to ``image_size`` when given; cached on disk) for the fast batched pipeline: meant
-for small images. Otherwise they stream from disk through DataLoader workers.
+exist, ``root/val`` is the official validation split. Small images (the model sees at most
+``IN_MEMORY_MAX_SIZE`` = 64 pixels a side: ``image_size``, else the first training image's own size) are
+decoded once into memory at that size (cached on disk) for the fast batched pipeline; larger ones stream from
+disk through DataLoader workers at ``image_size`` (default 224). ``in_memory=True`` / ``False`` overrides the
+choice.
 """
 
 from __future__ import annotations
@@ -26,18 +28,23 @@ from longtail.data.datasets import (
 from longtail.data.decode import open_rgb
 from longtail.data.files import ImageFiles
 from longtail.data.memory import DecodedFileStore, InMemoryImages
+from longtail.data.preprocess import IN_MEMORY_MAX_SIZE
 from longtail.data.sources import scan_image_folder
 from longtail.errors import LongtailError
 
 STREAMED_IMAGE_SIZE = 224
 
 
-def _split_dataset(folder: Path, in_memory: bool, image_size: int | None) -> LongTailedDataset:
+def _split_dataset(folder: Path, in_memory: bool | None, image_size: int | None) -> LongTailedDataset:
+    """The images of ``folder``; ``in_memory`` None keeps them in memory when the model sees them small."""
     files, names = scan_image_folder(folder)
+    first = folder / files.relative_paths[0]
+    if in_memory is None:
+        in_memory = (image_size or max(open_rgb(first).size)) <= IN_MEMORY_MAX_SIZE
     if not in_memory:
         size = image_size or STREAMED_IMAGE_SIZE
         return ImageFiles(folder, files.relative_paths, files.targets, names, IMAGENET_MEAN, IMAGENET_STD, size)
-    size = image_size or _first_image_size(folder / files.relative_paths[0])
+    size = image_size or _first_image_size(first)
     store = DecodedFileStore(folder, files.relative_paths, image_size)
     positions = np.arange(len(files.targets))
     return InMemoryImages(store, positions, files.targets, names, IMAGENET_MEAN, IMAGENET_STD, size)
@@ -53,7 +60,7 @@ def _first_image_size(path: Path) -> int:
 @register_dataset("imagefolder-lt")
 def imagefolder_lt(
     root: Path,
-    in_memory: bool = False,
+    in_memory: bool | None = None,
     image_size: int | None = None,
     n_max: int | None = None,
     **common: Any,
@@ -66,6 +73,7 @@ def imagefolder_lt(
     if test_dir is None:
         raise LongtailError(f"'{root}' has no 'test' (or 'val') folder with the test images per class.")
     train_pool = _split_dataset(root / "train", in_memory, image_size)
+    in_memory = isinstance(train_pool, InMemoryImages)  # every split as the training images
     test = _split_dataset(test_dir, in_memory, image_size)
     if test.class_names != train_pool.class_names:
         raise LongtailError(f"The class folders of '{test_dir}' differ from those of '{root / 'train'}'.")
