@@ -38,3 +38,38 @@ def test_bad_settings_name_the_key_and_leave_no_run_folder(override, message, tm
 def test_a_data_setting_inside_data_args_names_its_own_key(capsys):
     assert main(["train", "--recipe", "digits-ce", *FAST, "data.args={root: /tmp, seed: 3}"]) == 2
     assert "Set 'data.root' instead of 'data.args.root', 'train.seed' instead of 'data.args.seed'" in error_line(capsys)
+
+
+def test_a_missing_data_root_is_named_in_the_words_of_train(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LONGTAIL_DATA", str(tmp_path / "nonexistent"))
+    assert main(["train", "--recipe", "cifar10-lt-if100-ce", "--run-dir", str(tmp_path / "run")]) == 2
+    message = error_line(capsys)
+    assert "(from $LONGTAIL_DATA) does not exist. Give data.root=<folder> or set LONGTAIL_DATA" in message
+    assert "--root" not in message and not (tmp_path / "run").exists()
+
+
+def test_missing_cifar_names_download_as_each_command_spells_it(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--recipe", "cifar10-lt-if100-ce", f"data.root={tmp_path}", "--run-dir", str(run_dir)]) == 2
+    fixes = "To fetch it, give data.args.download=true; to read it from another folder, give data.root=<folder>."
+    assert fixes in error_line(capsys)
+    assert main(["datasets", "describe", "cifar10-lt", "--root", str(tmp_path)]) == 2
+    assert "To fetch it, give --download; to read it from another folder, give --root <folder>." in error_line(capsys)
+
+
+def test_describe_passes_dataset_options_and_names_them_as_it_takes_them(tmp_path, capsys):
+    assert main(["datasets", "describe", "imagenet-lt", "--root", str(tmp_path), "--set", f"list_root={tmp_path}"]) == 2
+    assert "ImageNet_LT_train.txt' not found; give --set list_root=<folder with the split lists>." in error_line(capsys)
+
+
+def test_a_recipe_file_that_does_not_exist_is_named(tmp_path, capsys):
+    assert main(["train", "--recipe", str(tmp_path / "nope.yaml")]) == 2
+    assert f"Recipe file '{tmp_path / 'nope.yaml'}' does not exist." in error_line(capsys)
+
+
+def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(tmp_path, capsys):
+    (tmp_path / "README.md").write_text("# not a checkpoint\n")
+    assert main(["eval", str(tmp_path / "README.md")]) == 2
+    message = error_line(capsys)
+    assert message.endswith("README.md is not a readable longtail checkpoint: it is not a file written by torch.save.")
+    assert "weights_only" not in message

@@ -65,7 +65,7 @@ def test_cifar_pickle_round_trip(tmp_path, fmt, num_classes, name):
 
 
 def test_cifar_missing_names_expected_paths_and_download(tmp_path):
-    with pytest.raises(LongtailError, match="cifar-10-batches-py.*download=True"):
+    with pytest.raises(LongtailError, match="cifar-10-batches-py.*give download=true"):
         create_datasets("cifar10-lt", root=tmp_path)
 
 
@@ -256,5 +256,5 @@ def test_missing_image_root_is_reported_when_loading(tmp_path):
     for name in ("iNaturalist18_train.txt", "iNaturalist18_val.txt"):
         (tmp_path / "lt-splits" / name).write_text("x/a.jpg 0\n")
     splits = create_datasets("inat2018", root=tmp_path)
-    with pytest.raises(LongtailError, match="Image root .*inat2018' does not exist; pass image_root"):
+    with pytest.raises(LongtailError, match="Image root .*inat2018' does not exist; give image_root"):
         create_loader(splits.train, 2, train=True)

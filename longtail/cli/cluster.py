@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from longtail.engine.config import config_spelling
 from longtail.engine.run_files import CLUSTERING
 from longtail.errors import LongtailError
 
 DEFAULT_RUNS = Path("runs")
+spell_setting = config_spelling
 DEFAULT_SUBSETS = Path("data") / "inat2018-subsets"
 BASELINES = ("kmeans", "sinkhorn", "p2ot", "sp2ot")
 COLUMNS = (("ACC", "acc"), ("mACC", "mean_class_acc"), ("NMI", "nmi"), ("ARI", "ari"), ("F1", "macro_f1"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from longtail.data import DATASETS, DatasetSplits, create_datasets
+from longtail.engine.config import parse_overrides
+from longtail.errors import Setting, keyword_spelling
 
 SUMMARIES = {
     "cifar10-lt": "CIFAR-10 made long-tailed (official pickles or an ImageFolder copy such as cifar10-jpeg)",
@@ -31,6 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     describe.add_argument("--seed", type=int, default=0)
     describe.add_argument("--val-per-class", type=int, default=None, help="validation images carved per class")
     describe.add_argument("--download", action="store_true", help="download CIFAR through torchvision if missing")
+    describe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="options",
+                          help="one of the dataset's own options, e.g. --set image_root=/data/imagenet (repeatable)")
     return parser
 
 
@@ -40,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         for name in DATASETS.names():
             print(f"{name:<{width}}  {SUMMARIES.get(name, '')}")
         return 0
-    options = {"download": True} if args.download else {}
+    options = parse_overrides(args.options)
+    if args.download:
+        options["download"] = True
     splits = create_datasets(
         args.name,
         root=args.root,
@@ -53,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
     )
     print(describe_text(splits))
     return 0
+
+
+def spell_setting(setting: Setting) -> str:
+    """Settings with a flag of their own (--root, --download) by the flag, the others through --set."""
+    flags = {"root": f"--root {setting.value}", "download": "--download"}
+    return flags.get(setting.name) or f"--set {keyword_spelling(setting)}"
 
 
 def _storage(splits: DatasetSplits) -> str:

@@ -2,7 +2,8 @@
 
 A run directory is evaluated with its last weights and, when it has them, its best-validation weights; a
 checkpoint file with its own weights. ``key=value`` arguments change the evaluation settings (post-hoc
-``eval.tau_norm`` / ``eval.logit_adjust_tau``, ``data.root``, ``data.eval_batch_size``, ``train.device``, ...)
+``eval.tau_norm`` / ``eval.logit_adjust_tau``, where the data is: ``data.root``, ``data.args.image_root``, ...;
+``data.eval_batch_size``, ``train.device``, ...)
 and method options that only act at prediction (e.g. RIDE's ``method.args.router_threshold=0.3``).
 """
 
@@ -11,13 +12,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from longtail.engine.config import apply_overrides, from_dict, parse_overrides
+from longtail.engine.config import apply_overrides, config_spelling, from_dict, parse_overrides
 from longtail.errors import LongtailError
 
 ALLOWED_PREFIXES = (
-    "eval.", "data.root", "data.eval_batch_size", "data.num_workers", "train.device", "train.precision", "method.args."
+    "eval.", "data.root", "data.args.download", "data.args.image_root", "data.args.list_root", "data.eval_batch_size",
+    "data.num_workers", "train.device", "train.precision", "method.args."
 )
 SPLITS = ("val", "test")
+spell_setting = config_spelling
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

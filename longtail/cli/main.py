@@ -6,9 +6,10 @@ import argparse
 import importlib
 import sys
 
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, keyword_spelling
 
-# Sub-command modules of longtail.cli; each defines add_parser(subparsers) and run(args) -> int.
+# Sub-command modules of longtail.cli; each defines add_parser(subparsers) and run(args) -> int, and may define
+# spell_setting(Setting) -> str: how its users set what an error's fix names (e.g. `data.root=<folder>`).
 COMMANDS = ("datasets", "train", "eval", "predict", "export", "recipes", "cluster")
 INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C (128 + SIGINT)
 
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         module = importlib.import_module(f"longtail.cli.{name}")
         sub = module.add_parser(subparsers)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(run=module.run, spell_setting=getattr(module, "spell_setting", keyword_spelling))
     return parser
 
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except LongtailError as error:
-        print(f"longtail: error: {error}", file=sys.stderr)
+        print(f"longtail: error: {error.spelled(args.spell_setting)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         print(f"\nlongtail: interrupted. {interrupt}".rstrip(), file=sys.stderr)

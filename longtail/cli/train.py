@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 from longtail.engine import checkpoint as ckpt
-from longtail.engine.config import apply_overrides, from_dict, parse_overrides, resolve
+from longtail.engine.config import apply_overrides, config_spelling, from_dict, parse_overrides, resolve
 from longtail.errors import LongtailError
 
 DEFAULT_RUNS = Path("runs")
+spell_setting = config_spelling
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

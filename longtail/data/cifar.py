@@ -18,7 +18,7 @@ import numpy as np
 from longtail.data.datasets import DatasetSplits, existing_root, long_tailed_splits, register_dataset
 from longtail.data.memory import ArrayStore, DecodedFileStore, InMemoryImages
 from longtail.data.sources import CIFAR10_FORMAT, CIFAR100_FORMAT, CifarFormat, read_cifar, scan_image_folder
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, Setting, SettingError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # as in the LDAM-DRW / RIDE code
@@ -67,10 +67,11 @@ def _pools(root: Path, num_classes: int, fmt: CifarFormat, jpeg_names: tuple[str
         )
     tree = _jpeg_folder(existing_root(root), jpeg_names)
     if tree is None:
-        raise LongtailError(
+        raise SettingError(
             f"CIFAR-{num_classes} not found under '{root}': expected the official python version in "
-            f"'{root / fmt.folder}' or an ImageFolder tree '{root / jpeg_names[0]}/{{train,test}}/<class>/'. "
-            "Pass download=True (--download) to fetch it, or root=<folder> (--root)."
+            f"'{root / fmt.folder}' or an ImageFolder tree '{root / jpeg_names[0]}/{{train,test}}/<class>/'. ",
+            "To fetch it, give ", Setting("download", "true"), "; to read it from another folder, give ",
+            Setting("root", "<folder>"), "."
         )
     order = CIFAR10_CLASSES if num_classes == 10 else None
     pools = []

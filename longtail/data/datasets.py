@@ -23,7 +23,7 @@ from longtail.data.memory import InMemoryImages
 from longtail.data.profiles import PROFILES, SELECTIONS, check_imbalance, class_counts, select_per_class
 from longtail.data.shots import default_thresholds, shot_groups
 from longtail.data.splits import carve_validation
-from longtail.errors import LongtailError, unknown_name_error
+from longtail.errors import LongtailError, Setting, SettingError, unknown_name_error
 from longtail.paths import shared_data_root
 from longtail.registry import Registry
 
@@ -72,9 +72,10 @@ def default_data_root() -> Path:
 
 def existing_root(root: Path) -> Path:
     if not root.is_dir():
-        raise LongtailError(
-            f"Data root '{root}' does not exist. Pass root=<folder> (--root) or set LONGTAIL_DATA to the folder "
-            "that holds your datasets."
+        origin = " (from $LONGTAIL_DATA)" if os.environ.get("LONGTAIL_DATA") and root == default_data_root() else ""
+        raise SettingError(
+            f"Data root '{root}'{origin} does not exist. Give ", Setting("root", "<folder>"),
+            " or set LONGTAIL_DATA: the folder that holds your datasets."
         )
     return root
 

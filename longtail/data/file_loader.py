@@ -17,7 +17,7 @@ from longtail.data.augment import AugmentSpec, cutout
 from longtail.data.batch import Batch
 from longtail.data.files import ImageFiles, TransformedFiles
 from longtail.data.loading import Loader
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, Setting, SettingError
 
 WORKER_STREAM = 0xF11
 RESIZE_RATIO = 0.875  # evaluation: resize to size / 0.875, then centre crop (256 -> 224)
@@ -85,8 +85,9 @@ class FileLoader(Loader):
     ) -> None:
         super().__init__(dataset, **loader_args)
         if not dataset.image_root.is_dir():
-            raise LongtailError(
-                f"Image root '{dataset.image_root}' does not exist; pass image_root=<folder holding the images>."
+            raise SettingError(
+                f"Image root '{dataset.image_root}' does not exist; give ", Setting("image_root", "<folder>"),
+                ", the folder holding the images."
             )
         self.device = torch.device(device)
         self.num_workers = num_workers

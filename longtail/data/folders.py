@@ -30,7 +30,7 @@ from longtail.data.files import ImageFiles
 from longtail.data.memory import DecodedFileStore, InMemoryImages
 from longtail.data.preprocess import IN_MEMORY_MAX_SIZE
 from longtail.data.sources import scan_image_folder
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, Setting, SettingError
 
 STREAMED_IMAGE_SIZE = 224
 
@@ -67,8 +67,8 @@ def imagefolder_lt(
 ) -> DatasetSplits:
     root = existing_root(root)
     if not (root / "train").is_dir():
-        raise LongtailError(f"'{root}' has no 'train' folder; imagefolder-lt needs root=<tree> with "
-                            "train/<class>/<image> and test/<class>/<image>.")
+        raise SettingError(f"'{root}' has no 'train' folder; imagefolder-lt needs ", Setting("root", "<tree>"),
+                           " with train/<class>/<image> and test/<class>/<image>.")
     test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
     if test_dir is None:
         raise LongtailError(f"'{root}' has no 'test' (or 'val') folder with the test images per class.")

@@ -28,7 +28,7 @@ import numpy as np
 from longtail.data.datasets import IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, long_tailed_splits, register_dataset
 from longtail.data.files import ImageFiles
 from longtail.data.sources import scan_image_folder
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, Setting, SettingError
 
 FOLDER = "imagenet-r"
 NAMES_FILE = "README.txt"
@@ -42,10 +42,10 @@ NAME_LINE = re.compile(r"^\s*(n\d{8})\s+(\S.*?)\s*$")
 def _images_folder(root: Path, image_root: str | Path | None) -> Path:
     folder = Path(image_root).expanduser() if image_root is not None else root / FOLDER
     if not folder.is_dir():
-        raise LongtailError(
+        raise SettingError(
             f"ImageNet-R folder '{folder}' not found. Download imagenet-r.tar ({DOWNLOAD_URL}) and extract it "
-            f"into the data root so that {root / FOLDER}/<wnid>/<image> exists, or pass image_root=<your "
-            "imagenet-r folder> (data.args.image_root in a recipe)."
+            f"into the data root so that {root / FOLDER}/<wnid>/<image> exists, or give ",
+            Setting("image_root", "<your imagenet-r folder>"), "."
         )
     return folder
 

@@ -25,7 +25,7 @@ from longtail.data.datasets import (
 )
 from longtail.data.files import ImageFiles
 from longtail.data.sources import FileList, read_class_names, read_file_list
-from longtail.errors import LongtailError
+from longtail.errors import Setting, SettingError
 
 IMAGE_SIZE = 224
 
@@ -52,9 +52,9 @@ def find_list_root(root: Path, layout: ListLayout) -> Path:
         if (folder / layout.train).is_file():
             return folder
     searched = ", ".join(f"'{c}'" for c in candidates)
-    raise LongtailError(
-        f"Training list '{layout.train}' not found in {searched}. Put the split lists there or pass "
-        "list_root=<folder with the lists>."
+    raise SettingError(
+        f"Training list '{layout.train}' not found in {searched}. Put the split lists there or give ",
+        Setting("list_root", "<folder with the lists>"), "."
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, Setting, SettingError
 
 Split = tuple[np.ndarray, np.ndarray]  # CIFAR images uint8 (N, 3, 32, 32), labels int64 (N,)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -114,7 +114,9 @@ def scan_image_folder(split_dir: Path, class_order: list[str] | None = None) -> 
 def read_file_list(path: Path) -> FileList:
     """A ``relative/path label`` list (ImageNet-LT, Places-LT, iNaturalist format)."""
     if not path.is_file():
-        raise LongtailError(f"List file '{path}' not found; pass list_root=<folder with the split lists>.")
+        raise SettingError(
+            f"List file '{path}' not found; give ", Setting("list_root", "<folder with the split lists>"), "."
+        )
     paths, labels = [], []
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):

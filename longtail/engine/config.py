@@ -30,7 +30,7 @@ from typing import Any, Union
 
 import yaml
 
-from longtail.errors import LongtailError, closest
+from longtail.errors import LongtailError, Setting, closest
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -79,6 +79,13 @@ class DataConfig:
         if repeated:
             fixes = ", ".join(f"'{own_keys[key]}' instead of 'data.args.{key}'" for key in repeated)
             raise LongtailError(f"Set {fixes}: data.args holds only the dataset's own options.")
+
+
+def config_spelling(setting: Setting) -> str:
+    """A dataset setting as a config override: ``data.root=<folder>``, ``data.args.download=true``."""
+    own_keys = {item.name for item in dataclasses.fields(DataConfig)}
+    key = f"data.{setting.name}" if setting.name in own_keys else f"data.args.{setting.name}"
+    return f"{key}={setting.value}"
 
 
 @dataclass
@@ -219,7 +226,12 @@ def _load_recipe(name_or_path: str, seen: tuple[str, ...]) -> dict[str, Any]:
 
 def _recipe_path(name_or_path: str) -> Path:
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+    if candidate.suffix in (".yaml", ".yml") or len(candidate.parts) > 1:
+        if not candidate.is_file():
+            raise LongtailError(
+                f"Recipe file '{name_or_path}' does not exist. Give the path of a YAML recipe, or the name of a "
+                "shipped one (`longtail recipes`)."
+            )
         return candidate
     path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
