@@ -52,15 +52,20 @@ def test_recipes_lists_the_shipped_recipes(capsys):
 
 
 @pytest.mark.slow
-def test_train_prints_the_table_and_the_plot(trained):
+def test_train_prints_an_explained_summary_and_where_to_look_next(trained):
     run_dir, printed = trained
     for name in ("config.yaml", "checkpoint.pt", "best.pt", "log.jsonl", "summary.json"):
         assert (run_dir / name).is_file()
-    table = printed[printed.index("All") :]
-    assert all(column in table for column in ("Many (4)", "Medium (4)", "Few (2)"))
-    assert "last test" in table and "best test tau_norm" in table
-    plot = printed.split("plot: ")[1].strip()
-    assert plot == str(run_dir / "report" / "best_test" / "per_class.png")
+    summary = printed[printed.index("Test accuracy, % (digits-lt") :]
+    header, best, last = summary.splitlines()[2:5]
+    assert header.split() == ["All", "Many", "(4)", "Medium", "(4)", "Few", "(2)"]
+    assert best.startswith("best weights (epoch") and last.startswith("last weights (epoch 2)")
+    assert "Many / Medium / Few: the mean accuracy" in summary and "never the test" in summary
+    assert "tau_norm (tau-normalised classifier)" in summary
+    assert len(summary.splitlines()) < 20
+    plot = run_dir / "report" / "best_test" / "per_class.png"
+    assert f"Plot:        {plot}" in summary and plot.is_file()
+    assert f"Run folder:  {run_dir}" in summary and f"longtail eval {run_dir}" in summary
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""``longtail train --recipe NAME [key=value ...]``: train a recipe, resume a run, print the report."""
+"""``longtail train --recipe NAME [key=value ...]``: train a recipe, resume a run, print an explained summary."""
 
 from __future__ import annotations
 
@@ -38,11 +38,9 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or broadcast_object(_default_run_dir(args.recipe), context)
     summary = train(config, run_dir, resume=args.resume, force=args.force)
     if context.is_main:
-        print(f"\n{summary['table']}")
-        if summary["expected"]:
-            print(f"expected (published): {summary['expected']}")
-        plot = summary["plots"].get("best test") or summary["plots"].get("last test")
-        print(f"\nrun: {run_dir}\nplot: {plot}")
+        from longtail.cli.run_summary import explain_run
+
+        print(f"\n{explain_run(summary, run_dir)}")
     return 0
 
 
