@@ -1,4 +1,5 @@
-"""P²OT solver: golden parity with the official code, the mass constraint, agreement with POT, stability."""
+"""P²OT solver: golden parity with the official code (iteration counts with the acceleration off, plans with it
+on), the mass constraint, agreement with POT, stability, and the accelerated solver's building blocks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ot
 import pytest
 import torch
 
+from longtail.clustering import ppot
 from longtail.clustering.ppot import (
     P2OTSolver,
     ScalingState,
@@ -15,6 +17,7 @@ from longtail.clustering.ppot import (
     partial_transport,
     sinkhorn_plan,
 )
+from longtail.clustering.scaling import AndersonMixer, build_kernel, scaling_pass
 from longtail.errors import LongtailError
 
 FIXTURES = ["ppot_N256_K10", "ppot_N512_K20"]
@@ -33,7 +36,7 @@ def _cost(data: dict, key: str = "logits") -> torch.Tensor:
 @pytest.mark.parametrize("rho", RHOS)
 def test_plan_b_and_iterations_match_official_float64(stem, rho, load_golden, golden_manifest):
     data, case = load_golden(stem), golden_manifest[stem]["cases"][f"rho{rho}"]
-    result = partial_transport(_cost(data), rho)
+    result = partial_transport(_cost(data), rho, accelerate=False)
     plan = result.plan.numpy()
     np.testing.assert_allclose(plan, data[f"Q_rho{rho}_f64"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(plan.sum(1), data[f"Q_rho{rho}_rowsum_f64"], rtol=0, atol=1e-10)
@@ -48,7 +51,7 @@ def test_plan_b_and_iterations_match_official_float64(stem, rho, load_golden, go
 @pytest.mark.parametrize("rho", RHOS)
 def test_official_float32_marginals_reproduce_official_plans(stem, rho, load_golden, golden_manifest):
     data, case = load_golden(stem), golden_manifest[stem]["cases"][f"rho{rho}"]
-    result = partial_transport(_cost(data), rho, marginals="official_f32")
+    result = partial_transport(_cost(data), rho, marginals="official_f32", accelerate=False)
     np.testing.assert_allclose(result.plan.float().numpy(), data[f"Q_rho{rho}"], rtol=0, atol=1e-7)
     assert result.iterations == case["iterations_asis"]
 
@@ -57,10 +60,10 @@ def test_official_float32_marginals_reproduce_official_plans(stem, rho, load_gol
 @pytest.mark.parametrize("stem", FIXTURES)
 def test_balanced_variant_matches_official(stem, load_golden, golden_manifest):
     data, case = load_golden(stem), golden_manifest[stem]["cases"]["pot_rho0.5"]
-    exact = partial_transport(_cost(data), 0.5, semi_relaxed=False)
+    exact = partial_transport(_cost(data), 0.5, semi_relaxed=False, accelerate=False)
     np.testing.assert_allclose(exact.plan.numpy(), data["Q_pot_rho0.5_f64"], rtol=0, atol=1e-10)
     assert exact.iterations == case["iterations_f64"]
-    official = partial_transport(_cost(data), 0.5, semi_relaxed=False, marginals="official_f32")
+    official = partial_transport(_cost(data), 0.5, semi_relaxed=False, marginals="official_f32", accelerate=False)
     np.testing.assert_allclose(official.plan.float().numpy(), data["Q_pot_rho0.5"], rtol=0, atol=1e-7)
     assert official.iterations == case["iterations_asis"] == 1000
 
@@ -69,12 +72,12 @@ def test_balanced_variant_matches_official(stem, load_golden, golden_manifest):
 @pytest.mark.parametrize("stem", FIXTURES)
 def test_warm_start_on_second_view_matches_official(stem, load_golden, golden_manifest):
     data, case = load_golden(stem), golden_manifest[stem]["cases"]["warm_start_rho0.5"]
-    solver = P2OTSolver(0.5)
+    solver = P2OTSolver(0.5, accelerate=False)
     solver.solve(torch.from_numpy(data["logits"]))
     warm = solver.solve(torch.from_numpy(data["logits_view2"]))
     np.testing.assert_allclose(warm.plan.numpy(), data["Q_warm_view2_rho0.5_f64"], rtol=0, atol=1e-10)
     assert warm.iterations == case["iterations_view2_warm_f64"]
-    fresh = partial_transport(_cost(data, "logits_view2"), 0.5)
+    fresh = partial_transport(_cost(data, "logits_view2"), 0.5, accelerate=False)
     np.testing.assert_allclose(fresh.plan.numpy(), data["Q_fresh_view2_rho0.5_f64"], rtol=0, atol=1e-10)
     assert fresh.iterations == case["iterations_view2_fresh_f64"]
 
@@ -82,9 +85,42 @@ def test_warm_start_on_second_view_matches_official(stem, load_golden, golden_ma
 @pytest.mark.shared
 def test_functional_form_warm_started_by_state_equals_solver(load_golden):
     data = load_golden("ppot_N256_K10")
-    first = partial_transport(_cost(data), 0.5)
-    second = partial_transport(_cost(data, "logits_view2"), 0.5, state=first.state)
+    first = partial_transport(_cost(data), 0.5, accelerate=False)
+    second = partial_transport(_cost(data, "logits_view2"), 0.5, state=first.state, accelerate=False)
     np.testing.assert_allclose(second.plan.numpy(), data["Q_warm_view2_rho0.5_f64"], rtol=0, atol=1e-10)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("stem", FIXTURES)
+@pytest.mark.parametrize("rho", [0.5, 1.0])
+def test_accelerated_plans_match_official_in_far_fewer_iterations(stem, rho, load_golden, golden_manifest):
+    data, case = load_golden(stem), golden_manifest[stem]["cases"][f"rho{rho}"]
+    result = partial_transport(_cost(data), rho)
+    np.testing.assert_allclose(result.plan.numpy(), data[f"Q_rho{rho}_f64"], rtol=0, atol=1e-7)
+    assert result.error < 1e-6 and result.iterations < case["iterations_f64"] / 4
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("stem", FIXTURES)
+def test_accelerated_plan_converges_where_official_stops_at_the_cap(stem, load_golden, golden_manifest):
+    data = load_golden(stem)
+    assert golden_manifest[stem]["cases"]["rho0.1"]["iterations_f64"] == 1000
+    accelerated = partial_transport(_cost(data), 0.1)
+    converged = partial_transport(_cost(data), 0.1, accelerate=False, tol=1e-13, max_iter=100_000).plan.numpy()
+    official = data["Q_rho0.1_f64"]
+    assert accelerated.error < 1e-6 and accelerated.iterations < 100
+    assert np.abs(accelerated.plan.numpy() - converged).max() < np.abs(official - converged).max()
+    np.testing.assert_allclose(accelerated.plan.numpy(), official, rtol=0, atol=5e-6)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("stem", FIXTURES)
+def test_accelerated_warm_start_matches_official_second_view(stem, load_golden):
+    data = load_golden(stem)
+    solver = P2OTSolver(0.5)
+    solver.solve(torch.from_numpy(data["logits"]))
+    warm = solver.solve(torch.from_numpy(data["logits_view2"]))
+    np.testing.assert_allclose(warm.plan.numpy(), data["Q_warm_view2_rho0.5_f64"], rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("rho", [0.05, 0.2, 0.5, 0.8, 1.0])
@@ -152,8 +188,8 @@ def test_stabilised_solver_survives_a_cluster_no_sample_predicts(dtype, epsilon)
 
 def test_stabilised_solver_converges_at_small_epsilon_where_plain_scaling_does_not():
     cost = cost_from_logits(torch.randn(500, 20, dtype=torch.float64) * 5)
-    plain = partial_transport(cost, 1.0, epsilon=0.01, stabilize=False, max_iter=3000)
-    stable = partial_transport(cost, 1.0, epsilon=0.01, stabilize=True, max_iter=3000)
+    plain = partial_transport(cost, 1.0, epsilon=0.01, stabilize=False, max_iter=3000, accelerate=False)
+    stable = partial_transport(cost, 1.0, epsilon=0.01, stabilize=True, max_iter=3000, accelerate=False)
     assert plain.error > 1e-3 and stable.error < 1e-6
     assert stable.plan.sum().item() / 500 == pytest.approx(1.0, abs=1e-6)
 
@@ -202,3 +238,75 @@ def test_bad_arguments_raise_a_clear_error(bad):
 def test_cuda_matches_cpu():
     logits = torch.randn(256, 10, dtype=torch.float64)
     torch.testing.assert_close(p2ot_plan(logits.cuda(), 0.5).cpu(), p2ot_plan(logits, 0.5))
+
+
+def _clustered_cost(num_rows=2000, num_cols=50, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(num_cols, 16, generator=generator), dim=1)
+    members = torch.randint(0, num_cols, (num_rows,), generator=generator)
+    features = torch.nn.functional.normalize(centres[members] + 0.3 * torch.randn(num_rows, 16, generator=generator))
+    return cost_from_logits(10.0 * features @ centres.T)
+
+
+@pytest.mark.parametrize("rho", [0.1, 0.5, 0.9])
+def test_accelerated_plan_equals_plain_plan_in_fewer_iterations(rho):
+    cost = _clustered_cost()
+    plain = partial_transport(cost, rho, accelerate=False, tol=1e-9, max_iter=20_000)
+    accelerated = partial_transport(cost, rho, tol=1e-9, max_iter=20_000)
+    assert plain.error < 1e-9 and accelerated.error < 1e-9
+    assert accelerated.iterations < plain.iterations / 3
+    relative_l1 = (accelerated.plan - plain.plan).abs().sum() / plain.plan.abs().sum()
+    assert relative_l1 < 1e-6
+    assert accelerated.plan.sum().item() / cost.shape[0] == pytest.approx(rho, abs=1e-6)
+
+
+def test_safeguard_rejects_extrapolations_that_do_not_reduce_the_residual(monkeypatch):
+    rejected = []
+    original = ppot._accelerated_step
+
+    def recording(mixer, active, b, current, previous):
+        step = original(mixer, active, b, current, previous)
+        rejected.append(step[0] is getattr(previous, "mapped", None))
+        return step
+
+    monkeypatch.setattr(ppot, "_accelerated_step", recording)
+    result = partial_transport(_clustered_cost(), 0.1)
+    assert any(rejected) and result.error < 1e-6
+
+
+def test_fused_pass_equals_the_dense_products():
+    generator = torch.Generator().manual_seed(0)
+    kernel, virtual = torch.rand(1000, 37, generator=generator, dtype=torch.float64), torch.rand(1000, dtype=torch.float64)
+    b, alpha = torch.rand(38, dtype=torch.float64), torch.tensor(1e-3, dtype=torch.float64)
+    extended = torch.cat([kernel, virtual[:, None]], dim=1)
+    expected_a = alpha / (extended @ b)
+    for rows in (1, 7, 64, 1000):
+        a, column_sums = scaling_pass(kernel, virtual, b, alpha, torch.empty(1000, dtype=torch.float64), rows)
+        torch.testing.assert_close(a, expected_a, rtol=1e-14, atol=0)
+        torch.testing.assert_close(column_sums, extended.T @ expected_a, rtol=1e-13, atol=0)
+
+
+def test_kernel_build_is_in_place_and_drops_subnormals():
+    exponents = torch.tensor([[0.0, -800.0, -700.0], [1.0, -745.0, 2.0]], dtype=torch.float64)
+    expected = torch.exp(exponents)
+    kernel = build_kernel(exponents)
+    assert kernel.data_ptr() == exponents.data_ptr()
+    assert kernel[0, 2] == expected[0, 2] and kernel[1, 1] == 0 and kernel[0, 1] == 0
+    torch.testing.assert_close(kernel[:, 0], expected[:, 0])
+
+
+def test_anderson_mixer_solves_a_linear_fixed_point_in_few_steps():
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(5, 5, generator=generator, dtype=torch.float64)).Q
+    contraction = basis @ torch.diag(torch.tensor([0.99, 0.9, 0.5, 0.2, 0.1], dtype=torch.float64)) @ basis.T
+    shift = torch.randn(5, generator=generator, dtype=torch.float64)
+    fixed_point = torch.linalg.solve(torch.eye(5, dtype=torch.float64) - contraction, shift)
+    mixer, x = AndersonMixer(depth=6), torch.zeros(5, dtype=torch.float64)
+    for _ in range(8):
+        x, _ = mixer(x, contraction @ x + shift)
+    torch.testing.assert_close(x, fixed_point, rtol=1e-8, atol=1e-8)
+
+
+def test_returned_plan_reuses_the_kernel_buffer_and_is_contiguous():
+    plan = partial_transport(_random_cost(), 0.5).plan
+    assert plan.is_contiguous() and plan.shape == (200, 8)

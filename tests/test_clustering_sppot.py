@@ -63,9 +63,9 @@ def test_graph_rejects_too_few_points():
 
 @pytest.mark.shared
 @pytest.mark.parametrize("rho", RHOS)
-def test_mm_plan_matches_official(rho, fixture, case_info):
+def test_mm_plan_and_iterations_match_official(rho, fixture, case_info):
     case = case_info["cases"][f"rho{rho}"]
-    solver = SP2OTSolver(rho)
+    solver = SP2OTSolver(rho, accelerate=False)
     assert solver.structure_lambda(128) == pytest.approx(case["lam1"])
     result = solver.solve(torch.from_numpy(fixture["logits"]), fixture["S"])
     plan = result.plan.numpy()
@@ -77,6 +77,17 @@ def test_mm_plan_matches_official(rho, fixture, case_info):
     assert abs(result.inner_iterations - case["sk_iterations_total_f64"]) <= 50
     assert result.objective == pytest.approx(case["objective_f64"], abs=1e-9)
     assert plan.sum() / 128 == pytest.approx(rho, abs=1e-6)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("rho", RHOS)
+def test_accelerated_mm_plan_matches_official_with_fewer_inner_iterations(rho, fixture, case_info):
+    case = case_info["cases"][f"rho{rho}"]
+    result = SP2OTSolver(rho).solve(torch.from_numpy(fixture["logits"]), fixture["S"])
+    np.testing.assert_allclose(result.plan.numpy(), fixture[f"Q_rho{rho}_f64"], rtol=0, atol=5e-8)
+    assert result.mm_iterations == case["mm_iterations_f64"]
+    assert result.objective == pytest.approx(case["objective_f64"], abs=1e-9)
+    assert result.inner_iterations < case["sk_iterations_total_f64"] / 4
 
 
 @pytest.mark.shared
@@ -126,3 +137,11 @@ def test_mismatched_similarity_shape_raises():
     logits, graph = _problem()
     with pytest.raises(LongtailError, match="restrict"):
         SP2OTSolver(0.5).solve(logits[:50], graph)
+
+
+def test_accelerated_and_plain_inner_solves_give_the_same_plan():
+    logits, graph = _problem()
+    plain = SP2OTSolver(0.3, accelerate=False).solve(logits, graph)
+    accelerated = SP2OTSolver(0.3).solve(logits, graph)
+    torch.testing.assert_close(accelerated.plan, plain.plan, rtol=0, atol=1e-8)
+    assert accelerated.inner_iterations < plain.inner_iterations

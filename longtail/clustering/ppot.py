@@ -37,6 +37,17 @@ addition to the official code, which returns NaN there). Where nothing is absorb
 case, all golden fixtures) the iterates equal the plain ones bit for bit. Still unsupported: ``rho = 1`` in
 float32 with an ``epsilon`` so small that a sample's whole row underflows (use float64 there).
 
+Acceleration (``accelerate=True``, the default). The iteration is a fixed point ``b = G(b)``; the solver
+mixes it in ``x = log b`` with Anderson acceleration of depth ``ANDERSON_DEPTH`` (6; see
+:mod:`longtail.clustering.scaling`) over the columns with ``beta > 0``. Safeguard: an extrapolated iterate
+whose residual ``||log G(b) - log b||`` is not below the previous iterate's is rejected, and the next
+iterate is the plain step ``G`` from the previous one. The stopping rule is unchanged: the iteration stops
+when ``||G(b) - b||_2 < tol`` at an evaluated iterate ``b`` and returns ``a = alpha / (M b)`` and ``G(b)``,
+as the plain loop does (it is the same quantity as its ``||b - b_prev||``). An absorption restarts the
+history. ``accelerate=False`` gives the plain iterates (the golden iteration counts). Each evaluation of
+``G`` is one fused row-blocked pass over the kernel (``a`` and ``Mᵀ a`` together); the kernel is built in
+place and becomes the returned plan in place.
+
 Differences from the official code (named options): its marginals ``alpha``, ``beta`` are float32 tensors
 (``1/N`` and ``rho/K`` rounded to float32) while the iterations run in float64; ``marginals='official_f32'``
 reproduces that (with exact float32 marginals the balanced variant stops much earlier, because float32
@@ -52,11 +63,19 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from longtail.clustering.scaling import (
+    AndersonMixer,
+    build_kernel,
+    scaling_pass,
+    virtual_exponents,
+    write_exponents,
+)
 from longtail.errors import LongtailError
 
 Marginals = Literal["exact", "official_f32"]
 MARGINAL_MODES = ("exact", "official_f32")
 ABSORB_THRESHOLD = 1e8
+ANDERSON_DEPTH = 6
 
 
 @dataclass
@@ -121,93 +140,170 @@ def partial_transport(
     marginals: Marginals = "exact",
     state: ScalingState | None = None,
     scale_by_n: bool = True,
+    accelerate: bool = True,
     dtype: torch.dtype = torch.float64,
 ) -> TransportResult:
     """Solve the P²OT problem for ``cost`` (N, K) with transported fraction ``rho`` (see the module docstring).
 
     ``state`` warm-starts from a previous solution (its ``b``, and ``u``, ``v`` when ``stabilize``); it is
-    ignored where its shapes do not fit. Returns the plan over the K real columns, times N when
+    ignored where its shapes do not fit. ``accelerate`` mixes the iterates (Anderson, with the safeguard);
+    off, the iterates are the plain scaling's. Returns the plan over the K real columns, times N when
     ``scale_by_n``.
     """
     _check_inputs(cost, rho, epsilon, lam, max_iter)
-    num_rows, num_cols = cost.shape
-    cost = cost.detach().to(dtype)
-    extended = torch.cat([cost, cost.new_zeros(num_rows, 1)], dim=1)
-    alpha, beta = transport_marginals(num_rows, num_cols, rho, dtype, cost.device, marginals)
-    exponent = torch.ones(num_cols + 1, 1, dtype=dtype, device=cost.device)
-    if semi_relaxed:
-        exponent[:num_cols] = lam / (lam + epsilon)
-
-    state = _fitting_state(state, num_rows, num_cols, stabilize)
-    u = state.u.clone() if state.u is not None else extended.new_zeros(num_rows, 1)
-    v = state.v.clone() if state.v is not None else extended.new_zeros(num_cols + 1, 1)
-    b = state.b.reshape(-1, 1).to(device=cost.device, dtype=dtype).clone()
-    exponents = (u - extended + v.T) / epsilon
-    if stabilize:
-        u, v, b, exponents = _keep_kernel_in_range(u, v, b, exponents, extended, epsilon)
-    kernel = _exp_without_subnormals(exponents)
-    correction = torch.exp(v * (exponent - 1) / epsilon)
-    machine_eps = torch.finfo(dtype).eps
+    problem = _ScalingProblem(cost.detach().to(dtype), rho, epsilon, lam, semi_relaxed, marginals)
+    state = _fitting_state(state, *problem.cost.shape, stabilize)
+    b = problem.start(state, stabilize)
+    mixer = AndersonMixer(ANDERSON_DEPTH) if accelerate else None
+    previous: _Evaluated | None = None
+    extrapolated = False
 
     error, iterations, absorbed_last = float("inf"), 0, False
-    last_b = b
     while iterations < max_iter and error > tol:
-        a = alpha / (kernel @ b)
-        b = (beta / (kernel.T @ a)) ** exponent * correction
-        error_t = torch.linalg.vector_norm(b - last_b)
+        a, mapped = problem.step(b)
+        error_t = torch.linalg.vector_norm(mapped - b)
+        iterations += 1
         if stabilize:
-            error, largest = torch.stack([error_t, torch.maximum(a.max(), b.max())]).tolist()
+            error, largest = torch.stack([error_t, torch.maximum(a.max(), mapped.max())]).tolist()
             absorbed_last = largest > ABSORB_THRESHOLD
-            if absorbed_last:
-                u = u + epsilon * torch.log(a)
-                v = v + epsilon * torch.log(b + machine_eps)
-                correction = correction * b ** (exponent - 1)
-                kernel = _exp_without_subnormals((u - extended + v.T) / epsilon)
-                b = torch.ones_like(b)
         else:
             error = error_t.item()
-        last_b = b
-        iterations += 1
+        if absorbed_last:
+            b, previous, extrapolated = problem.absorb(a, mapped), None, False
+            if mixer is not None:
+                mixer.reset()
+        elif mixer is None or error <= tol:
+            b = mapped
+        else:
+            current = _Evaluated(mapped, extrapolated)
+            b, extrapolated, previous = _accelerated_step(mixer, problem.active, b, current, previous)
 
-    plan = kernel if absorbed_last else a * kernel * b.T
-    plan = plan[:, :num_cols]
+    plan = problem.plan(None if absorbed_last else (a, mapped))
     if scale_by_n:
-        plan = plan * num_rows
-    new_state = ScalingState(b=b.reshape(-1), u=u if stabilize else None, v=v if stabilize else None)
+        plan.mul_(problem.cost.shape[0])
+    final_b = b if absorbed_last else mapped
+    new_state = ScalingState(b=final_b, u=problem.u if stabilize else None, v=problem.v if stabilize else None)
     return TransportResult(plan=plan, iterations=iterations, error=error, state=new_state)
 
 
-def _exp_without_subnormals(exponents: Tensor) -> Tensor:
-    """``exp(exponents)`` in place, with subnormal results set to 0: they change no sum that matters and
-    make CPU matrix-vector products several times slower."""
-    kernel = exponents.exp_()
-    return kernel.masked_fill_(kernel < torch.finfo(kernel.dtype).tiny, 0.0)
+@dataclass
+class _Evaluated:
+    """One evaluation of the scaling map at an iterate ``b``: ``G(b)``, whether ``b`` was an Anderson
+    extrapolation (only those are rejected by the safeguard), and the residual ``||log G(b) - log b||``
+    that the safeguard compares (scale-free, unlike the stopping error, which grows while ``b`` does)."""
+
+    mapped: Tensor
+    extrapolated: bool
+    residual: float = float("inf")
 
 
-def _keep_kernel_in_range(
-    u: Tensor, v: Tensor, b: Tensor, exponents: Tensor, extended: Tensor, epsilon: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Shift the duals so that the kernel ``exp(exponents)``, ``exponents = (u - C + vᵀ) / epsilon``,
-    neither overflows nor has an all-zero column; returns ``u, v, b, exponents``.
+def _accelerated_step(
+    mixer: AndersonMixer, active: Tensor, b: Tensor, current: _Evaluated, previous: _Evaluated | None
+) -> tuple[Tensor, bool, _Evaluated]:
+    """The next iterate, whether it is an extrapolation, and the record to compare it with. An extrapolated
+    iterate whose residual did not decrease is rejected: the next iterate is the plain step from the one
+    before it. Its evaluation stays in the history: as a secant pair it is as informative as any other."""
+    # Mixing log b keeps the iterates positive; columns with zero target (b = 0) stay at their plain step.
+    x, mapped_x = _masked_log(b, active), _masked_log(current.mapped, active)
+    current.residual = torch.linalg.vector_norm(mapped_x - x).item()
+    if previous is not None and current.extrapolated and not current.residual < previous.residual:
+        mixer.record(x, mapped_x)
+        return previous.mapped, False, previous
+    proposal, extrapolated = mixer(x, mapped_x)
+    if not torch.isfinite(proposal).all():
+        mixer.reset()
+        return current.mapped, False, current
+    return torch.where(active, proposal.exp(), current.mapped), extrapolated, current
 
-    A row whose largest exponent exceeds half the dtype's log range is shifted down to 0 (``u`` only rescales
-    ``a``, which is recomputed from ``b``); a column whose largest exponent is below minus that bound is
-    shifted up to 0, and its ``b`` scaled by the inverse factor so the column's true scaling is unchanged.
-    In ordinary problems nothing is shifted and the iterates are those of the plain scaling.
-    """
-    bound = 0.5 * math.log(torch.finfo(exponents.dtype).max)
-    row_max = exponents.max(dim=1, keepdim=True).values
-    high = row_max > bound
-    if high.any():
-        u = torch.where(high, u - epsilon * row_max, u)
-        exponents = (u - extended + v.T) / epsilon
-    column_max = exponents.max(dim=0).values.reshape(-1, 1)
-    low = column_max < -bound
-    if low.any():
-        v = torch.where(low, v - epsilon * column_max, v)
-        b = torch.where(low, b * torch.exp(column_max), b)
-        exponents = (u - extended + v.T) / epsilon
-    return u, v, b, exponents
+
+def _masked_log(values: Tensor, active: Tensor) -> Tensor:
+    return torch.where(active, values, 1.0).log()
+
+
+class _ScalingProblem:
+    """The kernel, marginals and duals of one P²OT solve, with the fused scaling map ``b -> G(b)``."""
+
+    def __init__(
+        self, cost: Tensor, rho: float, epsilon: float, lam: float, semi_relaxed: bool, marginals: Marginals
+    ) -> None:
+        num_rows, num_cols = cost.shape
+        self.cost, self.epsilon = cost, epsilon
+        alpha, beta = transport_marginals(num_rows, num_cols, rho, cost.dtype, cost.device, marginals)
+        self.alpha, self.beta = alpha[0, 0], beta.reshape(-1)
+        self.active = self.beta > 0
+        self.exponent = torch.ones(num_cols + 1, dtype=cost.dtype, device=cost.device)
+        if semi_relaxed:
+            self.exponent[:num_cols] = lam / (lam + epsilon)
+        self.kernel = torch.empty_like(cost)
+        self.a = cost.new_empty(num_rows)
+
+    def start(self, state: ScalingState, stabilize: bool) -> Tensor:
+        """Build the kernel from the (warm-start) duals and return the first ``b``."""
+        num_rows, num_cols = self.cost.shape
+        self.u = _vector(state.u, num_rows, self.cost)
+        self.v = _vector(state.v, num_cols + 1, self.cost)
+        b = state.b.reshape(-1).to(device=self.cost.device, dtype=self.cost.dtype).clone()
+        write_exponents(self.kernel, self.cost, self.u, self.v, self.epsilon)
+        virtual = virtual_exponents(self.u, self.v, self.epsilon)
+        if stabilize:
+            b, virtual = self._keep_kernel_in_range(b, virtual)
+        build_kernel(self.kernel)
+        self.virtual = build_kernel(virtual)
+        self.correction = torch.exp(self.v * (self.exponent - 1) / self.epsilon)
+        return b
+
+    def step(self, b: Tensor) -> tuple[Tensor, Tensor]:
+        """``a = alpha / (M b)`` and ``G(b) = (beta / (Mᵀ a)) ** f * w``."""
+        a, column_sums = scaling_pass(self.kernel, self.virtual, b, self.alpha, self.a)
+        return a, (self.beta / column_sums) ** self.exponent * self.correction
+
+    def absorb(self, a: Tensor, b: Tensor) -> Tensor:
+        """Move the scalings into the duals, rebuild the kernel, and return the new ``b = 1``."""
+        self.u = self.u + self.epsilon * torch.log(a)
+        self.v = self.v + self.epsilon * torch.log(b + torch.finfo(b.dtype).eps)
+        self.correction = self.correction * b ** (self.exponent - 1)
+        build_kernel(write_exponents(self.kernel, self.cost, self.u, self.v, self.epsilon))
+        self.virtual = build_kernel(virtual_exponents(self.u, self.v, self.epsilon))
+        return torch.ones_like(b)
+
+    def plan(self, scalings: tuple[Tensor, Tensor] | None) -> Tensor:
+        """``diag(a) kernel diag(b[:K])`` in place (the kernel itself when the scalings were just absorbed)."""
+        if scalings is not None:
+            a, b = scalings
+            self.kernel.mul_(a.reshape(-1, 1)).mul_(b[:-1].reshape(1, -1))
+        return self.kernel
+
+    def _keep_kernel_in_range(self, b: Tensor, virtual: Tensor) -> tuple[Tensor, Tensor]:
+        """Shift the duals so that the kernel neither overflows nor has an all-zero column; returns ``b`` and
+        the virtual column's exponents (``self.kernel`` holds the real exponents).
+
+        A row whose largest exponent exceeds half the dtype's log range is shifted down to 0 (``u`` only
+        rescales ``a``, which is recomputed from ``b``); a column whose largest exponent is below minus that
+        bound is shifted up to 0, and its ``b`` scaled by the inverse factor so the column's true scaling is
+        unchanged. In ordinary problems nothing is shifted and the iterates are those of the plain scaling.
+        """
+        bound = 0.5 * math.log(torch.finfo(self.cost.dtype).max)
+        row_max = torch.maximum(self.kernel.amax(dim=1), virtual)
+        high = row_max > bound
+        if high.any():
+            self.u = torch.where(high, self.u - self.epsilon * row_max, self.u)
+            write_exponents(self.kernel, self.cost, self.u, self.v, self.epsilon)
+            virtual = virtual_exponents(self.u, self.v, self.epsilon)
+        column_max = torch.cat([self.kernel.amax(dim=0), virtual.amax().reshape(1)])
+        low = column_max < -bound
+        if low.any():
+            self.v = torch.where(low, self.v - self.epsilon * column_max, self.v)
+            b = torch.where(low, b * torch.exp(column_max), b)
+            write_exponents(self.kernel, self.cost, self.u, self.v, self.epsilon)
+            virtual = virtual_exponents(self.u, self.v, self.epsilon)
+        return b, virtual
+
+
+def _vector(values: Tensor | None, size: int, like: Tensor) -> Tensor:
+    """A dual as a vector of ``size`` in ``like``'s dtype and device (zeros when absent)."""
+    if values is None:
+        return like.new_zeros(size)
+    return values.reshape(-1).to(device=like.device, dtype=like.dtype).clone()
 
 
 def _fitting_state(state: ScalingState | None, num_rows: int, num_cols: int, stabilize: bool) -> ScalingState:
@@ -241,12 +337,13 @@ class P2OTSolver:
         stabilize: bool = True,
         marginals: Marginals = "exact",
         warm_start: bool = True,
+        accelerate: bool = True,
         dtype: torch.dtype = torch.float64,
     ) -> None:
         self.rho = rho
         self.options = dict(
             epsilon=epsilon, lam=lam, tol=tol, max_iter=max_iter, semi_relaxed=semi_relaxed,
-            stabilize=stabilize, marginals=marginals, dtype=dtype,
+            stabilize=stabilize, marginals=marginals, accelerate=accelerate, dtype=dtype,
         )
         self.warm_start = warm_start
         self.state: ScalingState | None = None

@@ -22,7 +22,10 @@ semantic neighbours together. Majorisation-minimisation linearises it at the cur
 
 until ``|f(Qᵗ⁺¹) - f(Qᵗ)| < tol`` (1e-6) or ``max_iter`` (100) steps; the result is ``N Q``. The inner P²OT
 solve is the log-domain stabilised scaling (``stabilize=True``, tolerance 1e-10, 1000 iterations) whose
-duals ``u``, ``v`` and scaling ``b`` persist across MM steps and across calls (warm start).
+duals ``u``, ``v`` and scaling ``b`` persist across MM steps and across calls (warm start); it is
+Anderson-accelerated unless ``accelerate=False`` (the official iterates and inner iteration counts). The MM
+step reuses ``(S + Sᵀ) Q``'s buffer for ``C̃ᵗ`` and sums the objective's entropy over row blocks, so a step
+makes no full-size temporaries beyond the new plan and ``(S + Sᵀ) Q``.
 
 Structure weight. ``lam1 = (1 - rho) * structure_weight * N / reference_rows`` (defaults 1000 and 5,120), so
 the graph prior fades as ``rho`` grows. The official code uses ``lam1 = (1 - rho) * mm_factor`` with
@@ -43,6 +46,7 @@ from sklearn.neighbors import NearestNeighbors
 from torch import Tensor
 
 from longtail.clustering.ppot import Marginals, P2OTSolver, cost_from_logits
+from longtail.clustering.scaling import block_rows
 from longtail.errors import LongtailError
 
 LOG_FLOOR = float(torch.finfo(torch.float32).tiny)
@@ -119,13 +123,14 @@ class SP2OTSolver:
         ema: float = 1.0,
         marginals: Marginals = "exact",
         warm_start: bool = True,
+        accelerate: bool = True,
         dtype: torch.dtype = torch.float64,
     ) -> None:
         if not 0.0 < ema <= 1.0:
             raise LongtailError(f"ema is the MM step size and must lie in (0, 1]; got {ema}.")
         self.inner = P2OTSolver(
             rho, epsilon=epsilon, lam=lam, tol=inner_tol, max_iter=inner_max_iter, stabilize=True,
-            marginals=marginals, warm_start=warm_start, dtype=dtype,
+            marginals=marginals, warm_start=warm_start, accelerate=accelerate, dtype=dtype,
         )
         self.structure_weight = structure_weight
         self.reference_rows = reference_rows
@@ -168,27 +173,37 @@ class SP2OTSolver:
 
         plan = torch.full_like(cost, self.rho / (num_rows * num_cols))
         neighbour_mass = symmetric @ plan
-        objective = self._objective(plan, cost, neighbour_mass, lam1, epsilon)
+        objective = _objective(plan, cost, neighbour_mass, lam1, epsilon)
         inner_iterations, mm_iterations = 0, 0
         for mm_iterations in range(1, self.max_iter + 1):
-            step = self.inner.solve_cost(cost - lam1 * neighbour_mass, scale_by_n=False)
+            linearised_cost = neighbour_mass.mul_(-lam1).add_(cost)  # C - lam1 (S + Sᵀ) Q, in place
+            step = self.inner.solve_cost(linearised_cost, scale_by_n=False)
+            del linearised_cost, neighbour_mass
             inner_iterations += step.iterations
-            plan = (1.0 - self.ema) * plan + self.ema * step.plan
+            plan = step.plan if self.ema == 1.0 else plan.mul_(1.0 - self.ema).add_(step.plan, alpha=self.ema)
             neighbour_mass = symmetric @ plan
-            new_objective = self._objective(plan, cost, neighbour_mass, lam1, epsilon)
+            new_objective = _objective(plan, cost, neighbour_mass, lam1, epsilon)
             converged = abs(new_objective - objective) < self.tol
             objective = new_objective
             if converged:
                 break
-        return SP2OTResult(num_rows * plan, mm_iterations, inner_iterations, objective)
+        return SP2OTResult(plan.mul_(num_rows), mm_iterations, inner_iterations, objective)
 
     def __call__(self, logits: Tensor, similarity: SimilarityLike) -> Tensor:
         return self.solve(logits, similarity).plan
 
-    @staticmethod
-    def _objective(plan: Tensor, cost: Tensor, neighbour_mass: Tensor, lam1: float, epsilon: float) -> float:
-        """``f(Q) = <Q, C> - lam1 <S, Q Qᵀ> + epsilon <Q, log Q>``, using ``<S, Q Qᵀ> = ½ <Q, (S + Sᵀ) Q>``."""
-        transport = (plan * cost).sum()
-        structure = 0.5 * (plan * neighbour_mass).sum()
-        entropy = (plan * torch.log(plan + LOG_FLOOR)).sum()
-        return float(transport - lam1 * structure + epsilon * entropy)
+
+def _objective(plan: Tensor, cost: Tensor, neighbour_mass: Tensor, lam1: float, epsilon: float) -> float:
+    """``f(Q) = <Q, C> - lam1 <S, Q Qᵀ> + epsilon <Q, log Q>``, using ``<S, Q Qᵀ> = ½ <Q, (S + Sᵀ) Q>``; the
+    entropy is summed over row blocks so that no full-size temporary is made."""
+    flat_plan = plan.reshape(-1)
+    transport = torch.dot(flat_plan, cost.reshape(-1))
+    structure = 0.5 * torch.dot(flat_plan, neighbour_mass.reshape(-1))
+    rows = block_rows(plan)
+    buffer = plan.new_empty(min(rows, plan.shape[0]), plan.shape[1])
+    entropy = plan.new_zeros(())
+    for start in range(0, plan.shape[0], rows):
+        block = plan[start : start + rows]
+        logs = torch.add(block, LOG_FLOOR, out=buffer[: block.shape[0]]).log_()
+        entropy += torch.dot(block.reshape(-1), logs.reshape(-1))
+    return float(transport - lam1 * structure + epsilon * entropy)
