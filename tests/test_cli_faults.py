@@ -3,10 +3,16 @@ words of the command that was run, and leaves no run folder behind."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+import torch
+from PIL import Image
 from tiny import TINY_MLP
 
 from longtail.cli.main import main
+from longtail.errors import LongtailError
 
 FAST = [f"model.name={TINY_MLP}", "schedule.epochs=1", "data.args.image_size=8", "train.progress=false"]
 
@@ -73,3 +79,77 @@ def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(tmp_path, c
     message = error_line(capsys)
     assert message.endswith("README.md is not a readable longtail checkpoint: it is not a file written by torch.save.")
     assert "weights_only" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("README.md", b"# words\n", "README.md is not a readable features file: it is not a file written by torch.save."),
+        ("fake.npz", b"hello\n", "fake.npz is not a readable .npz of number arrays."),
+    ],
+)
+def test_cluster_names_a_file_that_holds_no_features(name, content, message, tmp_path, capsys):
+    (tmp_path / name).write_bytes(content)
+    assert main(["cluster", "--features", str(tmp_path / name)]) == 2
+    line = error_line(capsys)
+    assert message in line and "`longtail predict RUN --features OUT.npz`" in line
+
+
+def test_cluster_names_pickled_objects_in_an_npz(tmp_path, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "objects.npz", features=np.array([{"a": 1}], dtype=object), targets=np.zeros(1))
+    assert main(["cluster", "--features", str(tmp_path / "objects.npz")]) == 2
+    assert "objects.npz is not a readable .npz of number arrays." in error_line(capsys)
+
+
+@pytest.mark.parametrize(("top", "shown"), [("-3", "-3"), ("0", "0"), ("five", "'five'")])
+def test_predict_refuses_a_top_that_is_no_positive_count(top, shown, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(tmp_path / "run"), str(tmp_path / "image.png"), "--top", top])
+    assert exit_.value.code == 2
+    assert f"argument --top: must be a positive integer, got {shown}" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", "--recipe", "digits-ce", *FAST, "--run-dir", str(run_dir)]) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def misfit_run(trained_run, tmp_path_factory) -> Path:
+    """A finished run whose checkpoints hold a weight of a shape that the model of their config does not have."""
+    run_dir = tmp_path_factory.mktemp("misfit") / "run"
+    shutil.copytree(trained_run, run_dir)
+    for name in ("checkpoint.pt", "best.pt"):
+        state = torch.load(run_dir / name, weights_only=True)
+        state["model"]["body.1.weight"] = torch.zeros(7, 3)
+        torch.save(state, run_dir / name)
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["predict", "{run}/checkpoint.pt", "{image}"], ["eval", "{run}"], ["eval", "{run}", "eval.tau_norm=1.0"]],
+)
+def test_weights_that_do_not_fit_their_config_are_named(command, misfit_run, tmp_path, capsys):
+    image = tmp_path / "image.png"
+    Image.new("RGB", (8, 8)).save(image)
+    argv = [part.format(run=misfit_run, image=image) for part in command]
+    capsys.readouterr()
+    assert main(argv) == 2
+    message = error_line(capsys)
+    assert "do not fit the model its config describes (1 of another shape (body.1.weight))" in message
+    assert "changed settings" not in message
+
+
+def test_settings_that_change_the_model_are_named_as_the_misfit(trained_run):
+    from longtail.engine.checkpoint import load_trained_model
+    from longtail.engine.config import apply_overrides, from_dict, parse_overrides
+
+    stored = load_trained_model(trained_run).config.to_dict()
+    changed = from_dict(apply_overrides(stored, parse_overrides(["model.name=resnet32"])))
+    with pytest.raises(LongtailError, match=r"do not fit the model of the changed settings \(\d+ missing"):
+        load_trained_model(trained_run, config=changed)

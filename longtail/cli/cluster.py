@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from longtail.cli.arguments import positive_int
 from longtail.engine.config import config_spelling
 from longtail.engine.run_files import CLUSTERING
 from longtail.errors import LongtailError
@@ -35,6 +37,8 @@ DEFAULT_SUBSETS = Path("data") / "inat2018-subsets"
 BASELINES = ("kmeans", "sinkhorn", "p2ot", "sp2ot")
 COLUMNS = (("ACC", "acc"), ("mACC", "mean_class_acc"), ("NMI", "nmi"), ("ARI", "ari"), ("F1", "macro_f1"),
            ("Head", "head"), ("Medium", "medium"), ("Tail", "tail"))
+FEATURES_FIX = ("Give a .npz or .pt with 'features' (N, D) and 'targets' (N,), e.g. from `longtail predict RUN "
+                "--features OUT.npz`.")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--recipe", help="clustering recipe (`longtail recipes`, p2ot-*/sp2ot-*) or a YAML file")
     mode.add_argument("--features", type=Path, help=".npz/.pt with features (N, D), targets (N,)[, train_counts]")
-    mode.add_argument("--inat-subset", type=int, metavar="N", help="write the iNat 2018 subset lists of N classes")
+    mode.add_argument("--inat-subset", type=positive_int, metavar="N", help="write the iNat 2018 subset lists of N classes")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --recipe)")
     parser.add_argument("--run-dir", type=Path, help="run folder (default: runs/<recipe>/<date-time>)")
     parser.add_argument("--resume", action="store_true", help="continue the unfinished run in --run-dir")
@@ -55,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="train again from scratch in --run-dir: deletes the files a run wrote there, keeps others")
     parser.add_argument("--methods", default=",".join(BASELINES),
                         help=f"with --features: comma-separated methods (default {','.join(BASELINES)})")
-    parser.add_argument("--num-clusters", type=int, help="with --features: clusters (default: the class count)")
+    parser.add_argument("--num-clusters", type=positive_int, help="with --features: clusters (default: the class count)")
     parser.add_argument("--seed", type=int, default=0, help="with --features: random seed")
     parser.add_argument("--lists", type=Path, help="with --inat-subset: folder with iNaturalist18_train/val.txt")
     parser.add_argument("--out", type=Path, help=f"with --inat-subset: output folder (default {DEFAULT_SUBSETS}/inatN)")
@@ -170,22 +174,40 @@ def load_features(path: Path) -> tuple[np.ndarray, np.ndarray, list[int] | None]
     """``features`` (N, D), ``targets`` (N,) and optional ``train_counts`` from a .npz or .pt file."""
     if not path.is_file():
         raise LongtailError(f"Features file {path} not found.")
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            stored = {key: data[key] for key in data.files}
-    else:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(stored, dict):
-            raise LongtailError(f"{path} must hold a dict with 'features' and 'targets'.")
+    stored = _read_npz(path) if path.suffix == ".npz" else _read_pt(path)
     missing = [key for key in ("features", "targets") if key not in stored]
     if missing:
         raise LongtailError(f"{path} lacks {', '.join(missing)}; it needs 'features' (N, D) and 'targets' (N,).")
-    features, targets = np.asarray(stored["features"], dtype=np.float32), np.asarray(stored["targets"], dtype=np.int64)
+    try:
+        features = np.asarray(stored["features"], dtype=np.float32)
+        targets = np.asarray(stored["targets"], dtype=np.int64)
+    except (TypeError, ValueError):
+        raise LongtailError(f"{path}: 'features' and 'targets' must hold numbers.") from None
     if features.ndim != 2 or targets.shape != (features.shape[0],):
         raise LongtailError(f"{path}: features must be (N, D) and targets (N,); got {features.shape} and "
                             f"{targets.shape}.")
     counts = stored.get("train_counts")
     return features, targets, None if counts is None else [int(c) for c in np.asarray(counts)]
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise LongtailError(f"{path} is not a readable .npz of number arrays. {FEATURES_FIX}") from None
+
+
+def _read_pt(path: Path) -> dict[str, Any]:
+    from longtail.engine.checkpoint import read_torch_file
+
+    try:
+        stored = read_torch_file(path, "features file")
+    except LongtailError as error:
+        raise LongtailError(f"{error} {FEATURES_FIX}") from None
+    if not isinstance(stored, dict):
+        raise LongtailError(f"{path} must hold a dict with 'features' and 'targets'.")
+    return stored
 
 
 def _cluster_features(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longtail.cli.arguments import positive_int
 from longtail.errors import LongtailError
 
 SPLITS = ("train", "val", "test")
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser("predict", help="top-5 classes of images with a trained model")
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a run directory or .pt file")
     parser.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
-    parser.add_argument("--top", type=int, default=5, help="number of classes to show (default 5)")
+    parser.add_argument("--top", type=positive_int, default=5, help="number of classes to show (default 5)")
     parser.add_argument("--features", type=Path, metavar="OUT.npz",
                         help="write the features and targets of a dataset split (--split) instead")
     parser.add_argument("--split", choices=SPLITS, default="train", help="with --features: the split (default train)")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from longtail.engine.config import RunConfig, differing_keys, from_dict
+from longtail.engine.config import RunConfig, from_dict
 from longtail.errors import LongtailError
 from longtail.evaluation.report import atomic_write
 
@@ -109,31 +109,45 @@ def load_trained_model(
     checkpoint's (evaluation-time settings such as RIDE's ``method.args.router_threshold``); its model must
     fit the stored weights.
     """
-    from longtail.methods.base import create_method
-
     state = load_checkpoint(Path(path))
     overridden = config is not None
     config = config if overridden else from_dict(state["config"])
     info = info_from_dict(state["info"])
-    method = create_method(config, info)
-    torch.manual_seed(config.train.seed)
-    model = method.build_model()
-    for stage in method.stages()[: state["stage"] + 1]:
-        method.prepare_stage(stage, model)
-    ema = state.get("ema") if config.train.ema_eval else None
-    weights = ema or state["model"]
+    method, model = _build_model(config, info, state["stage"])
+    weights = _evaluation_weights(state, config)
     mismatch = weights_mismatch(model, weights)
     if mismatch:
-        changed = differing_keys(state["config"], config.to_dict()) if overridden else []
-        if changed:
-            raise LongtailError(f"The weights in {path} do not fit the model of the changed settings "
-                                f"({', '.join(changed)}): {mismatch}. Change only settings that leave the model as "
-                                "it was trained.")
-        raise LongtailError(f"The weights in {path} do not fit the model its config describes: {mismatch}. The "
-                            "checkpoint was edited or written by a version of longtail whose model differs; use that "
+        if overridden and _fits_own_config(state, info):
+            raise LongtailError(f"The weights in {path} do not fit the model of the changed settings ({mismatch}). "
+                                "Change only settings that leave the model as it was trained.")
+        raise LongtailError(f"The weights in {path} do not fit the model its config describes ({mismatch}): the "
+                            "checkpoint was edited, or written by a version of longtail whose model differs. Use that "
                             "version, or train again.")
     model.load_state_dict(weights)
     return TrainedModel(model=model.to(device).eval(), method=method, config=config, info=info, state=state)
+
+
+def _build_model(config: RunConfig, info: Any, stage: int) -> tuple[Any, nn.Module]:
+    """The method and its model as they were after stage ``stage`` (modules that stages add included)."""
+    from longtail.methods.base import create_method
+
+    method = create_method(config, info)
+    torch.manual_seed(config.train.seed)
+    model = method.build_model()
+    for prepared in method.stages()[: stage + 1]:
+        method.prepare_stage(prepared, model)
+    return method, model
+
+
+def _evaluation_weights(state: dict[str, Any], config: RunConfig) -> dict[str, torch.Tensor]:
+    ema = state.get("ema") if config.train.ema_eval else None
+    return ema or state["model"]
+
+
+def _fits_own_config(state: dict[str, Any], info: Any) -> bool:
+    config = from_dict(state["config"])
+    _, model = _build_model(config, info, state["stage"])
+    return weights_mismatch(model, _evaluation_weights(state, config)) is None
 
 
 def weights_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
