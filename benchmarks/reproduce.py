@@ -42,6 +42,7 @@ import torch
 import yaml
 
 from longtail.engine.config import RunConfig, resolve
+from longtail.engine.evaluate import effective_precision
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 
@@ -115,19 +116,23 @@ def code_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def device_name(config: RunConfig) -> str:
+def training_device(config: RunConfig) -> torch.device:
     wanted = config.train.device
-    if wanted.startswith("cuda") or (wanted == "auto" and torch.cuda.is_available()):
-        return f"cuda:{torch.cuda.get_device_name()}"
-    return f"cpu-{os.cpu_count()}core"
+    on_cuda = wanted.startswith("cuda") or (wanted == "auto" and torch.cuda.is_available())
+    return torch.device("cuda") if on_cuda else torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    return f"cuda:{torch.cuda.get_device_name()}" if device.type == "cuda" else f"cpu-{os.cpu_count()}core"
 
 
 def provenance(config: RunConfig) -> dict[str, Any]:
+    device = training_device(config)
     return {
         "commit": code_commit(),
-        "device": device_name(config),
+        "device": device_name(device),
         "threads": torch.get_num_threads(),
-        "precision": config.train.precision,
+        "precision": effective_precision(config.train.precision, device),
     }
 
 

@@ -16,7 +16,7 @@ from longtail.engine.checkpoint import (
     load_trained_model,
 )
 from longtail.engine.config import apply_overrides, from_dict, parse_overrides
-from longtail.engine.trainer import train
+from longtail.engine.trainer import Trainer, train
 from longtail.errors import LongtailError
 from longtail.methods.baselines import ERM, tau_normalized
 
@@ -179,6 +179,19 @@ def test_mixed_precision_sam_ema_adamw_and_clipping_run_together(tmp_path):
     state = load_checkpoint(tmp_path)
     assert state["finished"] and state["ema"].keys() == state["model"].keys()
     assert 0.0 <= summary["last_test"]["main"]["top1"] <= 1.0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(tmp_path, monkeypatch, native):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    config = tiny_config("schedule.epochs=1", "train.precision=auto")
+    trainer = Trainer(config, tmp_path)
+    try:
+        assert trainer.precision == ("bf16" if native else "fp32")
+        assert trainer.autocast_dtype == (torch.bfloat16 if native else None)
+        assert trainer.evaluator.dtype == trainer.autocast_dtype
+    finally:
+        trainer.close()
 
 
 def test_fp16_needs_cuda(tmp_path):

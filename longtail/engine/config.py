@@ -150,7 +150,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only) | auto (bf16 where the device computes it natively)
     channels_last: bool = False
     compile: bool = False
     ema_decay: float = 0.0  # > 0 keeps an EMA of the weights

@@ -38,7 +38,16 @@ from tqdm import tqdm
 from longtail.engine import checkpoint as ckpt
 from longtail.engine.config import RunConfig, differing_keys, dump, from_dict
 from longtail.engine.distributed import all_reduce_sum, barrier, init_distributed, shutdown_distributed
-from longtail.engine.evaluate import PRECISIONS, Evaluator, format_table, summarize, table_rows, write_split_report
+from longtail.engine.evaluate import (
+    AUTO_PRECISION,
+    PRECISIONS,
+    Evaluator,
+    effective_precision,
+    format_table,
+    summarize,
+    table_rows,
+    write_split_report,
+)
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import SAM, build_optimizer, build_scheduler, check_schedule, frozen_batchnorm_stats
 from longtail.engine.run_files import (
@@ -197,9 +206,12 @@ class Trainer:
             tqdm.write(f"model.init_checkpoint: {path} has no matching weights for {shown}; they start fresh.")
 
     def _check_precision(self) -> torch.dtype | None:
-        precision = self.config.train.precision
-        if precision not in PRECISIONS:
-            raise LongtailError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{precision}'.")
+        choices = (*PRECISIONS, AUTO_PRECISION)
+        if self.config.train.precision not in choices:
+            raise LongtailError(
+                f"train.precision must be one of {', '.join(choices)}, got '{self.config.train.precision}'."
+            )
+        precision = self.precision = effective_precision(self.config.train.precision, self.device)
         if precision == "fp16" and self.device.type != "cuda":
             raise LongtailError("train.precision=fp16 needs CUDA (it uses a grad scaler); use bf16 on the CPU.")
         if precision == "fp16" and self.config.optim.sam_rho > 0:
@@ -338,7 +350,7 @@ class Trainer:
         loader = self._train_loader(stage)
         steps_per_epoch = math.ceil(len(loader) / self.config.train.accumulate_steps)
         scheduler = build_scheduler(optimizer, stage.schedule, stage.optim.lr, steps_per_epoch)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.config.train.precision == "fp16")
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = self._make_ema()
         if resume is not None:
             self._load_resumed_weights(self.model, resume["model"])
