@@ -46,10 +46,32 @@ def test_describe_reports_the_size_of_small_images_kept_in_memory(tmp_path, caps
     assert "imagefolder-lt: 2 classes, images 28x28 (in memory)" in capsys.readouterr().out
 
 
+def test_describe_prints_the_profile_of_cifar_without_its_images(tmp_path, capsys):
+    assert main(["datasets", "describe", "cifar100-lt", "--imbalance", "50", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cifar100-lt: 100 classes; the images are absent, the counts below follow from the profile. "
+                          f"CIFAR-100 not found under '{tmp_path}'")
+    assert "To fetch it, give --download; to read it from another folder, give --root <folder>." in out
+    assert "    0  apple              500  many" in out and "   99  worm                10  few" in out
+    assert "total: train 12,608  val 0  test 10,000" in out  # CIFAR-100-LT IF 50, as published
+
+
+@pytest.mark.shared
+def test_the_profile_without_images_equals_the_one_with_them(shared_data):
+    from longtail.data import create_datasets
+
+    settings = {"imbalance": 100, "val_per_class": 20, "root": shared_data}
+    with_images = create_datasets("cifar10-lt", **settings)
+    labels_only = create_datasets("cifar10-lt", labels_only=True, **settings)
+    for field in ("class_names", "train_counts", "shot_thresholds", "image_size", "mean", "std"):
+        assert getattr(labels_only.info, field) == getattr(with_images.info, field)
+    assert (len(labels_only.val), len(labels_only.test)) == (len(with_images.val), len(with_images.test))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["datasets", "describe", "digits-lt", "--imbalance", "0.5"], "Imbalance factor must be >= 1"),
     (["datasets", "describe", "digit-lt"], "Did you mean 'digits-lt'"),
-    (["datasets", "describe", "cifar10-lt", "--root", "/nonexistent/data"], "Data root '/nonexistent/data' does not"),
+    (["datasets", "describe", "imagenet-lt", "--root", "/nonexistent/data"], "Data root '/nonexistent/data' does not"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     assert main(argv) == 2

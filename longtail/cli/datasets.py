@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from longtail.data import DATASETS, DatasetSplits, create_datasets
+from longtail.data.datasets import DataNotFound
 from longtail.engine.config import parse_overrides
 from longtail.errors import Setting, keyword_spelling
 
@@ -18,6 +20,9 @@ SUMMARIES = {
     "inat2018": "iNaturalist 2018 (split lists + images)",
     "places-lt": "Places-LT (split lists + Places365 images)",
 }
+
+
+LABELS_ONLY = "labels_only"  # the builder option of datasets whose class counts are known without the images
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,17 +52,22 @@ def run(args: argparse.Namespace) -> int:
     options = parse_overrides(args.options)
     if args.download:
         options["download"] = True
-    splits = create_datasets(
-        args.name,
-        root=args.root,
-        imbalance=args.imbalance,
-        profile=args.profile,
-        selection=args.selection,
-        seed=args.seed,
-        val_per_class=args.val_per_class,
+    settings = {
+        "root": args.root,
+        "imbalance": args.imbalance,
+        "profile": args.profile,
+        "selection": args.selection,
+        "seed": args.seed,
+        "val_per_class": args.val_per_class,
         **options,
-    )
-    print(describe_text(splits))
+    }
+    try:
+        splits, missing = create_datasets(args.name, **settings), None
+    except DataNotFound as error:
+        if LABELS_ONLY not in inspect.signature(DATASETS.get(args.name)).parameters:
+            raise
+        splits, missing = create_datasets(args.name, **settings, **{LABELS_ONLY: True}), error.spelled(spell_setting)
+    print(describe_text(splits, missing))
     return 0
 
 
@@ -73,12 +83,18 @@ def _storage(splits: DatasetSplits) -> str:
     return "(streamed from disk)" if isinstance(splits.train, ImageFiles) else "(in memory)"
 
 
-def describe_text(splits: DatasetSplits) -> str:
+def describe_text(splits: DatasetSplits, missing: str | None = None) -> str:
+    """The classes, shot groups and split sizes of ``splits``; ``missing``: why its images are absent (the
+    counts then follow from the profile alone)."""
     info = splits.info
     group_of = {int(c): group for group, classes in info.shot_groups.items() for c in classes}
     width = max(len(n) for n in info.class_names)
-    images = f"images {info.image_size}x{info.image_size} {_storage(splits)}"
-    lines = [f"{info.name}: {info.num_classes} classes, {images}", ""]
+    if missing is None:
+        lines = [f"{info.name}: {info.num_classes} classes, images {info.image_size}x{info.image_size} "
+                 f"{_storage(splits)}", ""]
+    else:
+        lines = [f"{info.name}: {info.num_classes} classes; the images are absent, the counts below follow from the "
+                 f"profile. {missing}", ""]
     lines.append(f"{'class':>5}  {'name':<{width}}  {'train':>7}  group")
     for label, (name, count) in enumerate(zip(info.class_names, info.train_counts)):
         lines.append(f"{label:>5}  {name:<{width}}  {count:>7}  {group_of[label]}")

@@ -15,14 +15,28 @@ from typing import Any
 
 import numpy as np
 
-from longtail.data.datasets import DatasetSplits, existing_root, long_tailed_splits, register_dataset
+from longtail.data.datasets import DataNotFound, DatasetSplits, existing_root, long_tailed_splits, register_dataset
+from longtail.data.labelled import LabelsOnly
 from longtail.data.memory import ArrayStore, DecodedFileStore, InMemoryImages
 from longtail.data.sources import CIFAR10_FORMAT, CIFAR100_FORMAT, CifarFormat, read_cifar, scan_image_folder
-from longtail.errors import LongtailError, Setting, SettingError
+from longtail.errors import LongtailError, Setting
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # as in the LDAM-DRW / RIDE code
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+CIFAR100_CLASSES = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
+    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest",
+    "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard",
+    "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine", "possum",
+    "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper",
+    "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone",
+    "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf",
+    "woman", "worm",
+]  # the fine labels in CIFAR-100's label order
+IMAGES_PER_CLASS = {10: (5000, 1000), 100: (500, 100)}  # (train, test) images of each class of CIFAR-10 / -100
 IMAGE_SIZE = 32
 
 
@@ -67,7 +81,7 @@ def _pools(root: Path, num_classes: int, fmt: CifarFormat, jpeg_names: tuple[str
         )
     tree = _jpeg_folder(existing_root(root), jpeg_names)
     if tree is None:
-        raise SettingError(
+        raise DataNotFound(
             f"CIFAR-{num_classes} not found under '{root}': expected the official python version in "
             f"'{root / fmt.folder}' or an ImageFolder tree '{root / jpeg_names[0]}/{{train,test}}/<class>/'. ",
             "To fetch it, give ", Setting("download", "true"), "; to read it from another folder, give ",
@@ -86,13 +100,29 @@ def _pools(root: Path, num_classes: int, fmt: CifarFormat, jpeg_names: tuple[str
     return tuple(pools)
 
 
+def _label_pools(names: list[str], stats) -> tuple[LabelsOnly, LabelsOnly]:
+    """(train pool, test set) as labels alone: CIFAR's classes are balanced, so its layout is known."""
+    label = np.arange(len(names))
+    return tuple(
+        LabelsOnly(np.repeat(label, per_class), names, *stats, IMAGE_SIZE) for per_class in IMAGES_PER_CLASS[len(names)]
+    )
+
+
 @register_dataset("cifar10-lt")
-def cifar10_lt(root: Path, download: bool = False, **common: Any) -> DatasetSplits:
-    train, test = _pools(root, 10, CIFAR10_FORMAT, ("cifar10-jpeg", "cifar10"), CIFAR10_STATS, download)
+def cifar10_lt(root: Path, download: bool = False, labels_only: bool = False, **common: Any) -> DatasetSplits:
+    """``labels_only``: the splits' labels without reading any image (for the class counts of a profile)."""
+    if labels_only:
+        train, test = _label_pools(CIFAR10_CLASSES, CIFAR10_STATS)
+    else:
+        train, test = _pools(root, 10, CIFAR10_FORMAT, ("cifar10-jpeg", "cifar10"), CIFAR10_STATS, download)
     return long_tailed_splits("cifar10-lt", train, test, **common)
 
 
 @register_dataset("cifar100-lt")
-def cifar100_lt(root: Path, download: bool = False, **common: Any) -> DatasetSplits:
-    train, test = _pools(root, 100, CIFAR100_FORMAT, ("cifar100-jpeg", "cifar100"), CIFAR100_STATS, download)
+def cifar100_lt(root: Path, download: bool = False, labels_only: bool = False, **common: Any) -> DatasetSplits:
+    """``labels_only``: the splits' labels without reading any image (for the class counts of a profile)."""
+    if labels_only:
+        train, test = _label_pools(CIFAR100_CLASSES, CIFAR100_STATS)
+    else:
+        train, test = _pools(root, 100, CIFAR100_FORMAT, ("cifar100-jpeg", "cifar100"), CIFAR100_STATS, download)
     return long_tailed_splits("cifar100-lt", train, test, **common)

@@ -65,6 +65,10 @@ class DatasetSplits:
     info: DatasetInfo
 
 
+class DataNotFound(SettingError):
+    """A dataset's files are not where the settings say."""
+
+
 def default_data_root() -> Path:
     """``$LONGTAIL_DATA``, else the shared data folder beside the project (``../shared/data``)."""
     return Path(os.environ.get("LONGTAIL_DATA") or shared_data_root()).expanduser()
@@ -73,7 +77,7 @@ def default_data_root() -> Path:
 def existing_root(root: Path) -> Path:
     if not root.is_dir():
         origin = " (from $LONGTAIL_DATA)" if os.environ.get("LONGTAIL_DATA") and root == default_data_root() else ""
-        raise SettingError(
+        raise DataNotFound(
             f"Data root '{root}'{origin} does not exist. Give ", Setting("root", "<folder>"),
             " or set LONGTAIL_DATA: the folder that holds your datasets."
         )

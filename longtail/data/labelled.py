@@ -41,3 +41,11 @@ class LabelledImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+
+class LabelsOnly(LabelledImages):
+    """A split whose images are absent: its labels alone, which fix the class counts and shot groups of a
+    long-tailed profile (``longtail datasets describe`` without the data). It yields no images."""
+
+    def subset(self, positions: np.ndarray) -> LabelsOnly:
+        return LabelsOnly(*self.labels_at(positions))
