@@ -161,8 +161,16 @@ def partial_transport(
     error, iterations, absorbed_last = float("inf"), 0, False
     while iterations < max_iter and error > tol:
         a, mapped = problem.step(b)
-        error_t = torch.linalg.vector_norm(mapped - b)
         iterations += 1
+        if mixer is not None:
+            current = _Evaluated(b, mapped, extrapolated, problem.active)
+            if previous is not None and current.extrapolated and not current.residual < previous.residual:
+                # Safeguard: reject before the stopping test and the absorption, and take the plain step
+                # from the previous iterate; the evaluation stays in the history (a valid secant pair).
+                mixer.record(current.x, current.mapped_x)
+                b, extrapolated = previous.mapped, False
+                continue
+        error_t = torch.linalg.vector_norm(mapped - b)
         if stabilize:
             error, largest = torch.stack([error_t, torch.maximum(a.max(), mapped.max())]).tolist()
             absorbed_last = largest > ABSORB_THRESHOLD
@@ -175,8 +183,8 @@ def partial_transport(
         elif mixer is None or error <= tol:
             b = mapped
         else:
-            current = _Evaluated(mapped, extrapolated)
-            b, extrapolated, previous = _accelerated_step(mixer, problem.active, b, current, previous)
+            b, extrapolated = _mixed(mixer, problem.active, current)
+            previous = current
 
     plan = problem.plan(None if absorbed_last else (a, mapped))
     if scale_by_n:
@@ -186,34 +194,27 @@ def partial_transport(
     return TransportResult(plan=plan, iterations=iterations, error=error, state=new_state)
 
 
-@dataclass
 class _Evaluated:
-    """One evaluation of the scaling map at an iterate ``b``: ``G(b)``, whether ``b`` was an Anderson
-    extrapolation (only those are rejected by the safeguard), and the residual ``||log G(b) - log b||``
-    that the safeguard compares (scale-free, unlike the stopping error, which grows while ``b`` does)."""
+    """One evaluation of the scaling map at an iterate ``b``: ``G(b)``, both in log space, whether ``b`` was
+    an Anderson extrapolation (only those are rejected by the safeguard), and the residual
+    ``||log G(b) - log b||`` that the safeguard compares (scale-free, unlike the stopping error, which is
+    small for any tiny ``b``)."""
 
-    mapped: Tensor
-    extrapolated: bool
-    residual: float = float("inf")
+    def __init__(self, b: Tensor, mapped: Tensor, extrapolated: bool, active: Tensor) -> None:
+        self.mapped, self.extrapolated = mapped, extrapolated
+        # Mixing log b keeps the iterates positive; columns with zero target (b = 0) stay at their plain step.
+        self.x, self.mapped_x = _masked_log(b, active), _masked_log(mapped, active)
+        self.residual = torch.linalg.vector_norm(self.mapped_x - self.x).item()
 
 
-def _accelerated_step(
-    mixer: AndersonMixer, active: Tensor, b: Tensor, current: _Evaluated, previous: _Evaluated | None
-) -> tuple[Tensor, bool, _Evaluated]:
-    """The next iterate, whether it is an extrapolation, and the record to compare it with. An extrapolated
-    iterate whose residual did not decrease is rejected: the next iterate is the plain step from the one
-    before it. Its evaluation stays in the history: as a secant pair it is as informative as any other."""
-    # Mixing log b keeps the iterates positive; columns with zero target (b = 0) stay at their plain step.
-    x, mapped_x = _masked_log(b, active), _masked_log(current.mapped, active)
-    current.residual = torch.linalg.vector_norm(mapped_x - x).item()
-    if previous is not None and current.extrapolated and not current.residual < previous.residual:
-        mixer.record(x, mapped_x)
-        return previous.mapped, False, previous
-    proposal, extrapolated = mixer(x, mapped_x)
+def _mixed(mixer: AndersonMixer, active: Tensor, current: _Evaluated) -> tuple[Tensor, bool]:
+    """The next iterate from the mixer and whether it is an extrapolation (the plain step where the
+    extrapolation is not finite)."""
+    proposal, extrapolated = mixer(current.x, current.mapped_x)
     if not torch.isfinite(proposal).all():
         mixer.reset()
-        return current.mapped, False, current
-    return torch.where(active, proposal.exp(), current.mapped), extrapolated, current
+        return current.mapped, False
+    return torch.where(active, proposal.exp(), current.mapped), extrapolated
 
 
 def _masked_log(values: Tensor, active: Tensor) -> Tensor:
