@@ -76,7 +76,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, force: b
     as it found it; Ctrl-C raises a KeyboardInterrupt that says how to continue.
     """
     run_dir = Path(run_dir)
-    cleanup = FailedStartCleanup(run_dir) if os.environ.get("RANK", "0") == "0" else None
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes the run folder
+    cleanup = FailedStartCleanup(run_dir) if is_main else None
     trainer = None
     try:
         trainer = Trainer(config, run_dir, resume=resume, force=force)
