@@ -75,6 +75,7 @@ def test_onnx_predicts_like_the_checkpoint(ride_run, checkpoint, test_batch, tmp
     assert "resize to 8x8" in printed and "softmax" in printed
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize("fmt", ["torchscript", "torch-export"])
 def test_torch_formats_predict_like_the_checkpoint(fmt, ride_run, checkpoint, test_batch, tmp_path):
     out = tmp_path / f"ride.{fmt}"
