@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from longtail.config import RunConfig, resolve, total_epochs
 from longtail.data.batch import Batch
-from longtail.engine.config import RunConfig, resolve, total_epochs
 from longtail.errors import LongtailError
 from longtail.evaluation.posthoc import posthoc_iif
 from longtail.losses import create as create_loss

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from longtail.config import resolve
 from longtail.data import create_datasets
 from longtail.data.datasets import IMAGENET_MEAN
-from longtail.engine.config import resolve
 from longtail.engine.trainer import create_datasets_for
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method

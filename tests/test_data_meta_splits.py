@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from longtail.config import from_dict
 from longtail.data import create_datasets, create_loader
 from longtail.data.meta import SPATIOTEMPORAL, encode_spatiotemporal
-from longtail.engine.config import from_dict
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from longtail.config import from_dict, list_recipes, resolve
 from longtail.data import create_loader
 from longtail.data.augment import AugmentSpec
 from longtail.data.memory import ArrayStore, InMemoryImages
 from longtail.data.samplers import SAMPLERS, create_sampler, shard
-from longtail.engine.config import from_dict, list_recipes, resolve
 from longtail.errors import LongtailError
 
 COUNTS = np.array([1000, 300, 100, 30, 10])

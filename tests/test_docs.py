@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from longtail.engine.config import list_recipes
+from longtail.config import list_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 from tiny import TINY_MLP, TinyMLP
 from torch import nn
 
+from longtail.config import apply_overrides, from_dict, parse_overrides
 from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
-from longtail.engine.config import apply_overrides, from_dict, parse_overrides
 from longtail.engine.optim import lr_factor
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from longtail.engine.config import (
+from longtail.config import (
     RunConfig,
     apply_budget,
     differing_keys,
@@ -67,7 +67,7 @@ def test_overrides_parse_yaml_values_and_index_lists():
 
 
 def resolve_dict(recipe, overrides):
-    from longtail.engine.config import apply_overrides
+    from longtail.config import apply_overrides
 
     return from_dict(apply_overrides(recipe, parse_overrides(overrides)))
 

@@ -12,8 +12,8 @@ import torch
 import torch.multiprocessing as mp
 from tiny import TINY_MLP
 
+from longtail.config import from_dict
 from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
-from longtail.engine.config import from_dict
 from longtail.engine.trainer import train
 
 CONFIG = {

@@ -14,13 +14,13 @@ from tiny import TINY_DIGITS_DATA
 from torch import nn
 
 import longtail.engine.trainer as trainer_module
-from longtail.engine.checkpoint import load_checkpoint, load_initial_weights
-from longtail.engine.config import (
+from longtail.config import (
     RunConfig,
     apply_overrides,
     from_dict,
     parse_overrides,
 )
+from longtail.engine.checkpoint import load_checkpoint, load_initial_weights
 from longtail.engine.evaluate import summarize
 from longtail.engine.trainer import Trainer, train
 from longtail.errors import LongtailError

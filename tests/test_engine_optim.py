@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from longtail.engine.config import LossConfig, OptimConfig, ScheduleConfig
+from longtail.config import LossConfig, OptimConfig, ScheduleConfig
 from longtail.engine.optim import SAM, build_scheduler, frozen_batchnorm_stats, lr_factor
 from longtail.engine.trainer import StageRun, Trainer
 from longtail.errors import LongtailError

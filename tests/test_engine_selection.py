@@ -12,13 +12,13 @@ import torch
 from tiny import TINY_DIGITS_DATA
 from torch import nn
 
-from longtail.engine.checkpoint import BEST, load_checkpoint
-from longtail.engine.config import (
+from longtail.config import (
     RunConfig,
     apply_overrides,
     from_dict,
     parse_overrides,
 )
+from longtail.engine.checkpoint import BEST, load_checkpoint
 from longtail.engine.evaluate import format_table
 from longtail.engine.trainer import Trainer, train
 from longtail.evaluation.report import format_shot_table

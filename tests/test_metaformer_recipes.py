@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from longtail.config import RunConfig, resolve
 from longtail.data.batch import Batch
-from longtail.engine.config import RunConfig, resolve
 from longtail.methods.baselines import ERM
 from longtail.models import create
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from longtail.config import apply_overrides, from_dict, list_recipes, parse_overrides, resolve
 from longtail.engine.checkpoint import load_trained_model
-from longtail.engine.config import apply_overrides, from_dict, list_recipes, parse_overrides, resolve
 from longtail.engine.trainer import train
 
 DATA = {

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import longtail.losses
-from longtail.engine.config import resolve
+from longtail.config import resolve
 from longtail.errors import LongtailError
 from longtail.methods.shike import SHIKELoss, shike_stage1_terms
 from longtail.models.output import ModelOutput

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longtail.config import apply_overrides, from_dict, parse_overrides
 from longtail.data.batch import Batch
-from longtail.engine.config import apply_overrides, from_dict, parse_overrides
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.mdcs import MDCS, MDCSLoss
@@ -144,8 +144,8 @@ def test_single_view_configs_and_batches_are_rejected():
 
 @pytest.mark.slow
 def test_mdcs_trains_through_the_trainer(tmp_path, tiny_digits_run):
+    from longtail.config import resolve
     from longtail.engine.checkpoint import load_trained_model
-    from longtail.engine.config import resolve
     from longtail.engine.trainer import train
 
     config = resolve("digits-mdcs", tiny_digits_run)

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longtail.config import apply_overrides, from_dict, parse_overrides
 from longtail.data.batch import Batch
-from longtail.engine.config import apply_overrides, from_dict, parse_overrides
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.p2ot import (
@@ -312,14 +312,14 @@ def test_inat_subset_lists_keep_and_renumber_the_chosen_classes(tmp_path):
 
 
 def recipe_method(name: str, *overrides: str, num_classes: int = 100) -> P2OT:
-    from longtail.engine.config import resolve
+    from longtail.config import resolve
 
     info = SimpleNamespace(num_classes=num_classes, train_counts=[5] * num_classes, num_train=5 * num_classes)
     return create_method(resolve(name, list(overrides)), info)
 
 
 def test_the_paper_recipes_follow_the_papers_and_need_local_dino_weights():
-    from longtail.engine.config import list_recipes, resolve
+    from longtail.config import list_recipes, resolve
 
     names = [name for name in list_recipes() if name.startswith(("p2ot-", "sp2ot-"))]
     assert len(names) == 14

@@ -14,8 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import longtail.models
 from longtail.cli.main import main as cli_main
-from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
-from longtail.engine.config import (
+from longtail.config import (
     RunConfig,
     apply_overrides,
     from_dict,
@@ -23,6 +22,7 @@ from longtail.engine.config import (
     parse_overrides,
     resolve,
 )
+from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.base import Stage, create_method

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from longtail.config import apply_overrides, from_dict, parse_overrides
 from longtail.data.batch import Batch
-from longtail.engine.config import apply_overrides, from_dict, parse_overrides
 from longtail.engine.trainer import frozen_modules
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
@@ -175,8 +175,8 @@ def test_later_stages_must_train_the_heads_only_and_the_model_must_have_two_head
 
 @pytest.mark.slow
 def test_stage2_through_the_trainer_reports_accuracy_before_and_after(tmp_path, tiny_digits_run):
+    from longtail.config import resolve
     from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
-    from longtail.engine.config import resolve
     from longtail.engine.trainer import train
 
     tiny = [*tiny_digits_run, "train.deterministic=true"]

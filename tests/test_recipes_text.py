@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longtail.engine.config import RECIPES_DIR, list_recipes, resolve
+from longtail.config import RECIPES_DIR, list_recipes, resolve
 
 RECIPE_FILES = sorted(RECIPES_DIR.glob("*.yaml"))
 

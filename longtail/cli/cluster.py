@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from longtail.cli.arguments import positive_int
-from longtail.engine.config import config_spelling
+from longtail.config import config_spelling
 from longtail.engine.run_files import CLUSTERING
 from longtail.errors import LongtailError
 
@@ -104,8 +104,8 @@ def _train_and_cluster(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
+    from longtail.config import apply_overrides, from_dict, parse_overrides, resolve
     from longtail.engine import checkpoint as ckpt
-    from longtail.engine.config import apply_overrides, from_dict, parse_overrides, resolve
 
     if args.recipe:
         return resolve(args.recipe, args.overrides)
@@ -117,8 +117,8 @@ def cluster_run(run_dir: str | Path, device: str | torch.device | None = None) -
     """Clustering metrics of the test split for the last weights of ``run_dir`` (and the selected ones when
     the run saved ``best.pt``); written to ``run_dir/clustering.json``."""
     from longtail.clustering import clustering_metrics
+    from longtail.config import from_dict
     from longtail.engine import checkpoint as ckpt
-    from longtail.engine.config import from_dict
     from longtail.engine.distributed import DistContext
     from longtail.engine.evaluate import Evaluator
     from longtail.engine.trainer import create_datasets_for, resolve_device

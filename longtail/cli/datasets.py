@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import inspect
 
+from longtail.config import parse_overrides
 from longtail.data import DATASETS, DatasetSplits, create_datasets
 from longtail.data.datasets import DataNotFound
-from longtail.engine.config import parse_overrides
 from longtail.errors import Setting, keyword_spelling
 
 SUMMARIES = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from longtail.engine.config import apply_overrides, config_spelling, from_dict, parse_overrides
+from longtail.config import apply_overrides, config_spelling, from_dict, parse_overrides
 from longtail.errors import LongtailError
 
 ALLOWED_PREFIXES = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from longtail.engine.config import list_recipes
+from longtail.config import list_recipes
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

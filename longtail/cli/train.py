@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from longtail.config import apply_overrides, config_spelling, from_dict, parse_overrides, resolve
 from longtail.engine import checkpoint as ckpt
-from longtail.engine.config import apply_overrides, config_spelling, from_dict, parse_overrides, resolve
 from longtail.errors import LongtailError
 
 DEFAULT_RUNS = Path("runs")

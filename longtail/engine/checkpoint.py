@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from longtail.engine.config import RunConfig, from_dict
+from longtail.config import RunConfig, from_dict
 from longtail.errors import LongtailError
 from longtail.evaluation.report import atomic_write
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from longtail.engine.config import RunConfig
+from longtail.config import RunConfig
 from longtail.engine.distributed import DistContext, all_gather_rows
 from longtail.evaluation.metrics import evaluate_heads, output_heads
 from longtail.evaluation.plot import plot_per_class_accuracy

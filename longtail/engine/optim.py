@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-from longtail.engine.config import OptimConfig, ScheduleConfig
+from longtail.config import OptimConfig, ScheduleConfig
 from longtail.errors import LongtailError, unknown_name_error
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from longtail.config import RunConfig, differing_keys, dump, from_dict
 from longtail.engine import checkpoint as ckpt
-from longtail.engine.config import RunConfig, differing_keys, dump, from_dict
 from longtail.engine.distributed import all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from longtail.engine.evaluate import (
     AUTO_PRECISION,

@@ -43,7 +43,7 @@ from torch import nn
 
 import longtail.losses
 import longtail.models
-from longtail.engine.config import LossConfig, OptimConfig, RunConfig, ScheduleConfig, stage_optim, stage_schedule
+from longtail.config import LossConfig, OptimConfig, RunConfig, ScheduleConfig, stage_optim, stage_schedule
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.models.output import ModelOutput
 from longtail.registry import Registry, check_options

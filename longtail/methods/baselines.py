@@ -30,7 +30,7 @@ from timm.data import Mixup
 from timm.data.random_erasing import RandomErasing
 from torch import nn
 
-from longtail.engine.config import RunConfig
+from longtail.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.methods.base import Method, register_method, unwrap
 from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing

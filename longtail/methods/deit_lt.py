@@ -93,7 +93,7 @@ from timm.data import Mixup
 from timm.data.random_erasing import RandomErasing
 from torch import Tensor, nn
 
-from longtail.engine.config import RunConfig
+from longtail.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss
 from longtail.losses.registry import register_loss

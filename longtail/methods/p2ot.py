@@ -83,8 +83,8 @@ from longtail.clustering import (
 )
 from longtail.clustering import rho_ramp as ramp_value
 from longtail.clustering.baselines import RAMPS
+from longtail.config import ModelConfig, RunConfig
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
-from longtail.engine.config import ModelConfig, RunConfig
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, Stage, both_views, register_method, unwrap

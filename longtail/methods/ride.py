@@ -82,8 +82,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from longtail.config import RunConfig
 from longtail.engine.checkpoint import load_trained_model
-from longtail.engine.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss
 from longtail.losses.ldam import ldam_margin_logits

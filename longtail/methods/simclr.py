@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 from torch import Tensor, nn
 
+from longtail.config import RunConfig
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
-from longtail.engine.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, both_views, register_method, unwrap
