@@ -275,7 +275,8 @@ def budget_table(records: list[dict[str, Any]]) -> list[str]:
             ]
             timing = ["", ""]
             if index == 0:
-                timing = [f"{statistics.median(r['wall_s'] for r in runs) / 60:.0f}",
+                minutes = statistics.median(r["wall_s"] for r in runs) / 60
+                timing = [f"{minutes:.1f}" if minutes < 10 else f"{minutes:.0f}",
                           f"{statistics.median(r['images_per_s'] for r in runs):.0f}"]
             lines.append("| " + " | ".join([row_name(recipe, overrides, head), str(len(with_head)), *cells, *timing]) + " |")
     return lines
