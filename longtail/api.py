@@ -24,8 +24,11 @@ import torch
 from PIL import Image
 
 from longtail.data import DatasetSplits, create_datasets
-from longtail.engine.checkpoint import TrainedModel, load_trained_model
+from longtail.data.preprocess import load_image
+from longtail.engine.distributed import DistContext
+from longtail.engine.evaluate import Evaluator
 from longtail.errors import LongtailError
+from longtail.methods.runs import TrainedModel, create_datasets_for, load_trained_model
 
 SPLITS = ("train", "val", "test")
 ImageInput = str | Path | Image.Image
@@ -53,8 +56,6 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> TrainedMod
 def run_datasets(run: TrainedModel) -> DatasetSplits:
     """The train / val / test splits the run was trained and evaluated on (its ``data`` settings; the data
     is read from the run's ``data.root``, else ``$LONGTAIL_DATA``)."""
-    from longtail.engine.trainer import create_datasets_for
-
     return create_datasets_for(run.config)
 
 
@@ -62,9 +63,6 @@ def evaluate_run(run: TrainedModel, split: str = "test", dataset: Any = None) ->
     """Metrics of every head of ``run`` (``main`` first; RIDE's experts, DeiT-LT's ``cls`` / ``dist``, the
     post-hoc corrections of the run's ``eval`` settings) on ``dataset``, by default the run's own ``split``.
     Each head's metrics are those of ``longtail.evaluation.evaluate`` with the dataset's shot thresholds."""
-    from longtail.engine.distributed import DistContext
-    from longtail.engine.evaluate import Evaluator
-
     if dataset is None:
         dataset = _split(run, split)
     device = next(run.model.parameters()).device
@@ -74,8 +72,6 @@ def evaluate_run(run: TrainedModel, split: str = "test", dataset: Any = None) ->
 def predict(run: TrainedModel, images: Sequence[ImageInput] | torch.Tensor, top: int = 5) -> list[Prediction]:
     """The class probabilities of image files or PIL images (preprocessed as the run's evaluation images), or
     of a preprocessed float batch (N, 3, S, S); each with its ``top`` classes."""
-    from longtail.data.preprocess import load_image
-
     if top < 1:
         raise LongtailError(f"top must be at least 1, got {top}.")
     batch = images if isinstance(images, torch.Tensor) else torch.stack([load_image(i, run.info) for i in images])

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from longtail.engine.checkpoint import TrainedModel
+from longtail.data.preprocess import preprocessing
 from longtail.errors import LongtailError
+from longtail.methods.runs import TrainedModel, load_trained_model
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "torch-export": ".pt2"}
 METADATA_KEY = "longtail"
@@ -55,8 +56,6 @@ def config_name(run: TrainedModel) -> str:
 
 def metadata(run: TrainedModel, source: Path, fmt: str) -> dict[str, Any]:
     """What a deployment needs besides the graph: the input it takes, the classes it predicts, the run."""
-    from longtail.data.preprocess import preprocessing
-
     info = run.info
     return {
         "format": fmt,
@@ -76,8 +75,6 @@ def metadata(run: TrainedModel, source: Path, fmt: str) -> dict[str, Any]:
 def export_run(source: str | Path, out: str | Path | None = None, fmt: str = "onnx") -> ExportedModel:
     """Export the run directory or checkpoint ``source`` to ``out`` (default: beside the checkpoint, named
     ``model`` with the format's suffix) and write its metadata to ``out`` + ``.json``."""
-    from longtail.engine.checkpoint import load_trained_model
-
     if fmt not in FORMATS:
         raise LongtailError(f"Unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
     source = Path(source)
@@ -110,7 +107,7 @@ def _program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedP
 
 
 def _onnx(module: nn.Module, example: torch.Tensor, out: Path, text: str) -> None:
-    try:
+    try:  # optional packages, needed only for this format
         import onnx
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:

@@ -148,7 +148,7 @@ def test_weights_that_do_not_fit_their_config_are_named(command, misfit_run, tmp
 
 def test_settings_that_change_the_model_are_named_as_the_misfit(trained_run):
     from longtail.config import apply_overrides, from_dict, parse_overrides
-    from longtail.engine.checkpoint import load_trained_model
+    from longtail.methods.runs import load_trained_model
 
     stored = load_trained_model(trained_run).config.to_dict()
     changed = from_dict(apply_overrides(stored, parse_overrides(["model.name=resnet32"])))

@@ -16,11 +16,11 @@ from tiny import TINY_MLP, TinyMLP
 from torch import nn
 
 from longtail.config import apply_overrides, from_dict, parse_overrides
-from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
 from longtail.engine.optim import lr_factor
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.baselines import ERM
+from longtail.methods.runs import CHECKPOINT, load_checkpoint
 
 TRAIN_IMAGES = 502  # digits-lt IF 10 with 5 validation images per class: 31 batches of 16, 62 of 8
 

@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 from tiny import TINY_MLP
 
 from longtail.config import from_dict
-from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
 from longtail.engine.trainer import train
+from longtail.methods.runs import CHECKPOINT, load_checkpoint
 
 CONFIG = {
     "data": {

@@ -20,12 +20,13 @@ from longtail.config import (
     from_dict,
     parse_overrides,
 )
-from longtail.engine.checkpoint import load_checkpoint, load_initial_weights
+from longtail.engine.checkpoint import load_initial_weights
 from longtail.engine.evaluate import summarize
 from longtail.engine.trainer import Trainer, train
 from longtail.errors import LongtailError
 from longtail.methods.base import Method, accepts_meta
 from longtail.methods.baselines import ERM
+from longtail.methods.runs import load_checkpoint
 from longtail.models import create
 from longtail.models.activations import AGLU
 from longtail.models.output import ModelOutput

@@ -18,11 +18,11 @@ from longtail.config import (
     from_dict,
     parse_overrides,
 )
-from longtail.engine.checkpoint import BEST, load_checkpoint
 from longtail.engine.evaluate import format_table
 from longtail.engine.trainer import Trainer, train
 from longtail.evaluation.report import format_shot_table
 from longtail.methods.baselines import ERM
+from longtail.methods.runs import BEST, load_checkpoint
 from longtail.models.output import ModelOutput
 
 TINY = {

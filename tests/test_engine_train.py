@@ -10,15 +10,10 @@ import torch
 from tiny import TINY_DIGITS_DATA
 
 from longtail.config import apply_overrides, from_dict, parse_overrides
-from longtail.engine.checkpoint import (
-    BEST,
-    CHECKPOINT,
-    load_checkpoint,
-    load_trained_model,
-)
 from longtail.engine.trainer import Trainer, train
 from longtail.errors import LongtailError
 from longtail.methods.baselines import ERM, tau_normalized
+from longtail.methods.runs import BEST, CHECKPOINT, load_checkpoint, load_trained_model
 
 TINY = {
     "data": {**TINY_DIGITS_DATA, "batch_size": 32},

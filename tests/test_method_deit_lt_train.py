@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from longtail.config import apply_overrides, from_dict, list_recipes, parse_overrides, resolve
-from longtail.engine.checkpoint import load_trained_model
 from longtail.engine.trainer import train
+from longtail.methods.runs import load_trained_model
 
 DATA = {
     "name": "digits-lt",

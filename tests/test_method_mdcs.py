@@ -145,8 +145,8 @@ def test_single_view_configs_and_batches_are_rejected():
 @pytest.mark.slow
 def test_mdcs_trains_through_the_trainer(tmp_path, tiny_digits_run):
     from longtail.config import resolve
-    from longtail.engine.checkpoint import load_trained_model
     from longtail.engine.trainer import train
+    from longtail.methods.runs import load_trained_model
 
     config = resolve("digits-mdcs", tiny_digits_run)
     summary = train(config, tmp_path / "run")

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from longtail.cli.main import main
-from longtail.engine.checkpoint import load_checkpoint
 from longtail.evaluation.report import read_results
+from longtail.methods.runs import load_checkpoint
 
 TINY = ["schedule.epochs=2", "data.args.image_size=8", "data.batch_size=32", "method.args.bank_batches=3",
         "train.progress=false"]

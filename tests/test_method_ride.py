@@ -22,7 +22,6 @@ from longtail.config import (
     parse_overrides,
     resolve,
 )
-from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.base import Stage, create_method
@@ -35,6 +34,7 @@ from longtail.methods.ride import (
     router_loss,
     router_scores,
 )
+from longtail.methods.runs import CHECKPOINT, load_checkpoint
 from longtail.models.output import ModelOutput
 
 ROUTER_STAGE = {

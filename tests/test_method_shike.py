@@ -176,8 +176,8 @@ def test_later_stages_must_train_the_heads_only_and_the_model_must_have_two_head
 @pytest.mark.slow
 def test_stage2_through_the_trainer_reports_accuracy_before_and_after(tmp_path, tiny_digits_run):
     from longtail.config import resolve
-    from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
     from longtail.engine.trainer import train
+    from longtail.methods.runs import CHECKPOINT, load_checkpoint
 
     tiny = [*tiny_digits_run, "train.deterministic=true"]
     stage1_only = train(resolve("digits-shike", [*tiny, "stages=[]"]), tmp_path / "stage1")

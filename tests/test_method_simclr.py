@@ -150,7 +150,7 @@ def test_one_view_batches_are_refused():
 def test_knn_monitor_predicts_training_images_by_their_own_label_and_refits_after_training():
     from longtail.engine.distributed import DistContext
     from longtail.engine.evaluate import Evaluator
-    from longtail.engine.trainer import create_datasets_for
+    from longtail.methods.runs import create_datasets_for
 
     config = resolve("simclr-cifar10-lt-if100", [*TINY_SIMCLR, "method.args.knn_k=1"])
     splits = create_datasets_for(config)
@@ -173,8 +173,9 @@ def test_knn_monitor_predicts_training_images_by_their_own_label_and_refits_afte
 
 @pytest.mark.slow
 def test_simclr_trains_through_the_trainer_and_exports_clusterable_features(tmp_path):
-    from longtail.engine.checkpoint import load_trained_model
-    from longtail.engine.trainer import create_datasets_for, train
+    from longtail.engine.trainer import train
+    from longtail.methods.runs import load_trained_model
+    from longtail.methods.runs import create_datasets_for
 
     config = resolve("simclr-cifar10-lt-if100", TINY_SIMCLR)
     summary = train(config, tmp_path / "run")

@@ -10,10 +10,10 @@ from tiny import TINY_DIGITS_DATA, TINY_MLP
 
 from longtail.cli.main import INTERRUPTED, main
 from longtail.config import apply_overrides, from_dict, parse_overrides
-from longtail.engine.checkpoint import CHECKPOINT, load_checkpoint
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.baselines import ERM
+from longtail.methods.runs import CHECKPOINT, load_checkpoint
 
 TINY = {
     "data": TINY_DIGITS_DATA,

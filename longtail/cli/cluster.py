@@ -105,11 +105,11 @@ def _train_and_cluster(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace):
     from longtail.config import apply_overrides, from_dict, parse_overrides, resolve
-    from longtail.engine import checkpoint as ckpt
+    from longtail.methods import runs
 
     if args.recipe:
         return resolve(args.recipe, args.overrides)
-    stored = ckpt.load_checkpoint(args.run_dir)["config"]
+    stored = runs.load_checkpoint(args.run_dir)["config"]
     return from_dict(apply_overrides(stored, parse_overrides(args.overrides)))
 
 
@@ -118,25 +118,26 @@ def cluster_run(run_dir: str | Path, device: str | torch.device | None = None) -
     the run saved ``best.pt``); written to ``run_dir/clustering.json``."""
     from longtail.clustering import clustering_metrics
     from longtail.config import from_dict
-    from longtail.engine import checkpoint as ckpt
     from longtail.engine.distributed import DistContext
     from longtail.engine.evaluate import Evaluator
-    from longtail.engine.trainer import create_datasets_for, resolve_device
+    from longtail.engine.trainer import resolve_device
+    from longtail.methods import runs
+    from longtail.methods.runs import create_datasets_for
 
     run_dir = Path(run_dir)
-    state = ckpt.load_checkpoint(run_dir)
+    state = runs.load_checkpoint(run_dir)
     if not state.get("finished"):
         raise LongtailError(f"The run in {run_dir} is not finished; continue it with `longtail cluster --run-dir "
                             f"{run_dir} --resume`.")
     config = from_dict(state["config"])
     device = torch.device(device) if device is not None else resolve_device(config.train.device)
     test = create_datasets_for(config).test
-    candidates = {"last": run_dir / ckpt.CHECKPOINT, "best": run_dir / ckpt.BEST}
+    candidates = {"last": run_dir / runs.CHECKPOINT, "best": run_dir / runs.BEST}
     results: dict[str, dict[str, Any]] = {}
     for which, path in candidates.items():
         if not path.is_file():
             continue
-        trained = ckpt.load_trained_model(path, device)
+        trained = runs.load_trained_model(path, device)
         evaluator = Evaluator(trained.config, trained.method, trained.info, device, DistContext())
         heads, targets = evaluator.predictions(trained.model, test)
         clusters = heads["main"].argmax(dim=1)
@@ -199,7 +200,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_pt(path: Path) -> dict[str, Any]:
-    from longtail.engine.checkpoint import read_torch_file
+    from longtail.methods.runs import read_torch_file
 
     try:
         stored = read_torch_file(path, "features file")

@@ -33,19 +33,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from longtail.engine import checkpoint as ckpt
     from longtail.engine.distributed import DistContext
     from longtail.engine.evaluate import Evaluator, format_table, table_rows, write_split_report
-    from longtail.engine.trainer import create_datasets_for, resolve_device
+    from longtail.engine.trainer import resolve_device
+    from longtail.methods import runs
+    from longtail.methods.runs import create_datasets_for
 
     weights = _weights(args.path)
-    state = ckpt.load_checkpoint(next(iter(weights.values())))
+    state = runs.load_checkpoint(next(iter(weights.values())))
     config = from_dict(apply_overrides(state["config"], parse_overrides(_checked(args.overrides))))
     device = resolve_device(config.train.device)
     splits = create_datasets_for(config)
     rows = {}
     for which, path in weights.items():
-        trained = ckpt.load_trained_model(path, device, config)
+        trained = runs.load_trained_model(path, device, config)
         evaluator = Evaluator(config, trained.method, splits.info, device, DistContext())
         for split in SPLITS if args.split == "both" else (args.split,):
             dataset = getattr(splits, split)
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _weights(path: Path) -> dict[str, Path]:
-    from longtail.engine.checkpoint import BEST, CHECKPOINT
+    from longtail.methods.runs import BEST, CHECKPOINT
 
     if not path.is_dir():
         return {"": path}

@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from longtail.engine.checkpoint import load_trained_model
+    from longtail.methods.runs import load_trained_model
 
     if args.features is not None:
         if args.images:
@@ -57,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
 
 def export_features(checkpoint: Path, out: Path, split: str) -> int:
     """Write the features, targets and training class counts of ``split`` to the .npz ``out``."""
-    from longtail.engine.checkpoint import load_trained_model
     from longtail.engine.distributed import DistContext
     from longtail.engine.evaluate import Evaluator
-    from longtail.engine.trainer import create_datasets_for, resolve_device
+    from longtail.engine.trainer import resolve_device
+    from longtail.methods.runs import load_trained_model
+    from longtail.methods.runs import create_datasets_for
 
     device = resolve_device("auto")
     trained = load_trained_model(checkpoint, device)

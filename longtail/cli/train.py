@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from longtail.config import apply_overrides, config_spelling, from_dict, parse_overrides, resolve
-from longtail.engine import checkpoint as ckpt
 from longtail.errors import LongtailError
+from longtail.methods import runs
 
 DEFAULT_RUNS = Path("runs")
 spell_setting = config_spelling
@@ -48,7 +48,7 @@ def _config(args: argparse.Namespace):
     if args.recipe:
         return resolve(args.recipe, args.overrides)
     if args.resume and args.run_dir:
-        stored = ckpt.load_checkpoint(args.run_dir)["config"]
+        stored = runs.load_checkpoint(args.run_dir)["config"]
         return from_dict(apply_overrides(stored, parse_overrides(args.overrides)))
     raise LongtailError("Give --recipe NAME (see `longtail recipes`), or --run-dir DIR --resume to continue a run.")
 

@@ -4,7 +4,7 @@ metrics of every head, results.json and the per-class plot."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,14 @@ import torch
 from torch import nn
 
 from longtail.config import RunConfig
+from longtail.data import create_loader
 from longtail.engine.distributed import DistContext, all_gather_rows
 from longtail.evaluation.metrics import evaluate_heads, output_heads
 from longtail.evaluation.plot import plot_per_class_accuracy
+from longtail.evaluation.posthoc import posthoc_iif, posthoc_logit_adjust
 from longtail.evaluation.report import format_shot_table, write_results
+from longtail.methods.baselines import tau_normalized
+from longtail.models.base import eval_mode
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_PRECISION = "auto"
@@ -76,8 +80,6 @@ class Evaluator:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def loader(self, dataset: Any) -> Any:
-        from longtail.data import create_loader
-
         data = self.config.data
         return create_loader(
             dataset,
@@ -151,16 +153,10 @@ class Evaluator:
         settings = self.config.eval
         variants: dict[str, torch.Tensor] = {}
         if settings.tau_norm is not None:
-            from longtail.methods.baselines import tau_normalized
-
             variants["tau_norm"] = self.predictions(tau_normalized(model, settings.tau_norm), dataset)[0]["main"]
         if settings.logit_adjust_tau is not None:
-            from longtail.evaluation.posthoc import posthoc_logit_adjust
-
             variants["logit_adjusted"] = posthoc_logit_adjust(logits, self.info.train_counts, settings.logit_adjust_tau)
         if settings.iif:
-            from longtail.evaluation.posthoc import posthoc_iif
-
             variants["iif"] = posthoc_iif(logits, self.info.train_counts)
         return variants
 
@@ -229,15 +225,3 @@ def write_split_report(folder: Path, results: dict[str, dict[str, Any]], info: A
     many, few = info.shot_thresholds
     title = f"{info.name}: {extra['weights']} weights, {extra['split']} split"
     return plot_per_class_accuracy(folder / "per_class.png", main["per_class"], info.train_counts, many, few, title)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Evaluation mode inside the block; every module's previous train/eval flag after it."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.train(training)

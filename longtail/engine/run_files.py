@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from longtail.engine.checkpoint import BEST, CHECKPOINT
+from longtail.methods.runs import BEST, CHECKPOINT
 
 CONFIG = "config.yaml"
 LOG = "log.jsonl"

@@ -36,6 +36,8 @@ from torch import nn
 from tqdm import tqdm
 
 from longtail.config import RunConfig, differing_keys, dump, from_dict
+from longtail.data import create_loader
+from longtail.data.augment import AugmentSpec
 from longtail.engine import checkpoint as ckpt
 from longtail.engine.distributed import all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from longtail.engine.evaluate import (
@@ -61,7 +63,9 @@ from longtail.engine.run_files import (
 )
 from longtail.errors import LongtailError
 from longtail.evaluation.metrics import evaluate
+from longtail.methods import runs
 from longtail.methods.base import Method, Stage, create_method
+from longtail.methods.runs import create_datasets_for
 
 STAGE_SEED_STREAM = 1_000_003  # separates the seeds of stage set-up from those of epochs
 VALIDATION_METRIC = "val_top1"
@@ -93,7 +97,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, force: b
 
 def interrupted_message(run_dir: Path) -> str:
     """What an interrupted run kept, and how to continue it."""
-    checkpoint = run_dir / ckpt.CHECKPOINT
+    checkpoint = run_dir / runs.CHECKPOINT
     if not checkpoint.is_file():
         return f"Training stopped before its first epoch ended; nothing was kept in {run_dir}."
     return (
@@ -109,23 +113,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LongtailError("train.device is cuda but no CUDA device is available; use train.device=cpu.")
     return device
-
-
-def create_datasets_for(config: RunConfig) -> Any:
-    """The train / validation / test splits that ``config.data`` describes."""
-    from longtail.data import create_datasets
-
-    data = config.data
-    return create_datasets(
-        data.name,
-        root=data.root,
-        imbalance=data.imbalance,
-        profile=data.profile,
-        selection=data.selection,
-        seed=config.train.seed,
-        val_per_class=data.val_per_class,
-        **data.args,
-    )
 
 
 def seed_everything(seed: int) -> None:
@@ -221,17 +208,17 @@ class Trainer:
 
     def _prepare_run_dir(self, resume: bool, force: bool) -> dict[str, Any] | None:
         """The checkpoint to resume from, or None for a fresh run; refuses finished or different runs."""
-        path = self.run_dir / ckpt.CHECKPOINT
+        path = self.run_dir / runs.CHECKPOINT
         if not path.is_file():
             if resume:
-                raise LongtailError(f"Nothing to resume in {self.run_dir}: it holds no {ckpt.CHECKPOINT}.")
+                raise LongtailError(f"Nothing to resume in {self.run_dir}: it holds no {runs.CHECKPOINT}.")
             self._make_run_dir(clear=False)
             return None
         if force:
             self._make_run_dir(clear=True)
             return None
         try:
-            state = ckpt.load_checkpoint(path)
+            state = runs.load_checkpoint(path)
         except LongtailError as error:
             raise LongtailError(
                 f"{error} Pass --force to delete the run's files in {self.run_dir} and train again there, or "
@@ -276,9 +263,6 @@ class Trainer:
                 )
 
     def _train_loader(self, stage: Stage) -> Any:
-        from longtail.data import create_loader
-        from longtail.data.augment import AugmentSpec
-
         def spec(augment: Any) -> Any:
             return AugmentSpec(**augment) if isinstance(augment, dict) else augment
 
@@ -374,7 +358,7 @@ class Trainer:
         )
 
     def _load_resumed_weights(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-        mismatch = ckpt.weights_mismatch(model, weights)
+        mismatch = runs.weights_mismatch(model, weights)
         if mismatch:
             raise LongtailError(
                 f"Cannot resume {self.run_dir}: the weights in its checkpoint do not fit the model of its config "
@@ -530,12 +514,12 @@ class Trainer:
             self.best = {"metric": score, "name": name, "epoch": global_epoch + 1, "stage": stage_index}
             if self.context.is_main:
                 model_state = self._eval_model().state_dict()
-                ckpt.save_atomic(self._state(stage_index, model_state), self.run_dir / ckpt.BEST)
+                ckpt.save_atomic(self._state(stage_index, model_state), self.run_dir / runs.BEST)
 
     def _state(self, stage: int, model_state: dict[str, torch.Tensor], **extra: Any) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
-            "info": ckpt.info_to_dict(self.info),
+            "info": runs.info_to_dict(self.info),
             "stage": stage,
             "model": model_state,
             "best": dict(self.best),
@@ -545,7 +529,7 @@ class Trainer:
     def _save_checkpoint(self, stage: int, epoch: int, run: StageRun | None, finished: bool = False) -> None:
         """``checkpoint.pt`` after ``epoch`` epochs of ``stage``; ``run`` None keeps the training state."""
         if self.context.is_main:
-            path = self.run_dir / ckpt.CHECKPOINT
+            path = self.run_dir / runs.CHECKPOINT
             extra: dict[str, Any] = {"epoch": epoch, "finished": finished}
             if run is not None:
                 extra.update(
@@ -555,7 +539,7 @@ class Trainer:
                     ema=run.ema.module.state_dict() if run.ema is not None else None,
                 )
             else:
-                previous = ckpt.load_checkpoint(path)
+                previous = runs.load_checkpoint(path)
                 extra.update({key: previous.get(key) for key in ("optimizer", "scheduler", "scaler", "ema")})
             ckpt.save_atomic(self._state(stage, self.model.state_dict(), **extra), path)
         barrier(self.context)
@@ -565,8 +549,8 @@ class Trainer:
     def _final_report(self) -> dict[str, Any]:
         candidates = {"last": self._eval_model()}
         barrier(self.context)
-        if (self.run_dir / ckpt.BEST).is_file():
-            candidates["best"] = ckpt.load_trained_model(self.run_dir / ckpt.BEST, self.device).model
+        if (self.run_dir / runs.BEST).is_file():
+            candidates["best"] = runs.load_trained_model(self.run_dir / runs.BEST, self.device).model
         epochs = {"last": sum(stage.epochs for stage in self.stages), "best": self.best["epoch"]}
         summary: dict[str, Any] = {
             "best_epoch": self.best["epoch"],

@@ -1,7 +1,8 @@
 """Losses by name: ``longtail.losses.create(name, class_counts=..., **kw)``.
 
 Baseline losses live in this package; each paper's loss lives in its method module
-(``longtail.methods.<paper>``) and registers into the same ``LOSSES`` registry. Every loss is an
+(``longtail.methods.<paper>``) and registers into the same ``LOSSES`` registry when that module is imported
+(``import longtail.methods`` registers them all; a method's run always has). Every loss is an
 ``nn.Module`` with ``forward(output: ModelOutput, targets) -> Tensor`` and ``set_epoch(epoch)`` (0-based).
 
 Baseline names: ``ce``, ``focal``, ``class_balanced``, ``ldam``, ``balanced_softmax``, ``logit_adjustment``.
@@ -28,8 +29,6 @@ from longtail.registry import check_options
 
 def create(name: str, class_counts: Sequence[int], **kwargs: Any) -> nn.Module:
     """Build loss ``name`` for a training set with ``class_counts`` images per class."""
-    import longtail.methods  # noqa: F401  (registers the methods' losses)
-
     factory = LOSSES.get(name)
     check_options(f"Loss '{name}'", factory, kwargs, reserved=("class_counts",))
     return factory(class_counts=class_counts, **kwargs)

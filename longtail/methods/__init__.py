@@ -1,7 +1,9 @@
-"""One module per paper. Importing this package registers every method's losses and models."""
+"""One module per paper, beside ``base`` (the ``Method`` interface and registry) and ``runs`` (what methods and
+the engine share about runs). Importing this package registers every method's losses and models."""
 
 from longtail.methods import deit_lt  # noqa: F401
 from longtail.methods import mdcs  # noqa: F401
+from longtail.methods import p2ot  # noqa: F401
 from longtail.methods import ride  # noqa: F401
 from longtail.methods import shike  # noqa: F401
 from longtail.methods import simclr  # noqa: F401

@@ -36,6 +36,7 @@ import importlib
 import inspect
 import pkgutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -235,7 +236,5 @@ def create_method(config: RunConfig, info: Any) -> Method:
 
 def _import_method_modules() -> None:
     """Import every module of ``longtail.methods`` so that all methods are registered."""
-    import longtail.methods as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{module.name}")

@@ -100,6 +100,7 @@ from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, register_method
 from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing
 from longtail.methods.ride import loss_dtype
+from longtail.methods.runs import load_trained_model
 from longtail.models.output import ModelOutput
 
 Distillation = Literal["hard", "soft"]
@@ -284,8 +285,6 @@ class FrozenTeacher:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device, student_info: Any) -> FrozenTeacher:
         """The model of a longtail run directory or checkpoint, rebuilt from its own config."""
-        from longtail.engine.checkpoint import load_trained_model
-
         if not Path(path).exists():
             raise LongtailError(
                 f"DeiT-LT teacher not found at '{path}'. Train one first (e.g. `longtail train --recipe "

@@ -73,7 +73,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import longtail.models
 from longtail.clustering import (
     P2OTSolver,
     SP2OTSolver,
@@ -83,16 +82,19 @@ from longtail.clustering import (
 )
 from longtail.clustering import rho_ramp as ramp_value
 from longtail.clustering.baselines import RAMPS
-from longtail.config import ModelConfig, RunConfig
+from longtail.config import RunConfig
+from longtail.data.lists import INAT2018
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
+from longtail.data.sources import read_file_list
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, Stage, both_views, register_method, unwrap
+from longtail.methods.runs import training_set_features
+from longtail.models.backbones import build_backbone
 from longtail.models.base import SingleHeadNetwork
 from longtail.models.heads import CosineHead
 from longtail.models.output import ModelOutput
 
-TIMM_PREFIX = "timm:"
 TRANSPORTS = ("p2ot", "sp2ot")
 TRAINABLE = ("last_block", "head", "all")
 RAMP_UNITS = ("step", "epoch")
@@ -219,17 +221,6 @@ class SemanticGraph(nn.Module):
         )
 
 
-class TimmFeatures(nn.Module):
-    """A timm model built with ``num_classes=0``: its output is the pooled features."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward_features(self, images: Tensor) -> Tensor:
-        return self.model(images)
-
-
 class ClusteringNetwork(SingleHeadNetwork):
     """Backbone features -> cosine head with K outputs; ``memory`` (the logits bank) and ``graph`` (SP²OT)."""
 
@@ -261,38 +252,6 @@ class ClusteringNetwork(SingleHeadNetwork):
                 "ResNet 'layerN' stages); use method.args.trainable=all or head."
             )
         return stages[-1][-1]
-
-
-def build_backbone(model: ModelConfig) -> tuple[nn.Module, int]:
-    """The backbone (a module with ``forward_features``) and its feature width, from the ``model`` config."""
-    name = model.name
-    if name.startswith(TIMM_PREFIX):
-        import timm
-
-        if model.activation is not None:
-            raise LongtailError("model.activation applies to registry models only, not to timm backbones.")
-        options = dict(model.args)
-        if options.get("pretrained"):
-            raise LongtailError("Backbone weights are never downloaded: instead of model.args.pretrained, set "
-                                "model.args.pretrained_path to a local file.")
-        path = options.pop("pretrained_path", None)
-        if path is not None:
-            path = Path(path).expanduser()
-            if not path.is_file():
-                raise LongtailError(f"Backbone weights not found at {path}; set model.args.pretrained_path to a "
-                                    "local file (weights are never downloaded).")
-            options.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-        network = timm.create_model(name[len(TIMM_PREFIX):], num_classes=0, **options)
-        return TimmFeatures(network), network.num_features
-    network = longtail.models.create(name, num_classes=1, activation=model.activation,
-                                     activation_options=model.activation_options, **model.args)
-    heads = network.head_modules()
-    if len(heads) != 1 or not hasattr(heads[0], "in_features"):
-        raise LongtailError(f"Model '{name}' has {len(heads)} heads; a clustering backbone needs a single-head "
-                            "model (e.g. resnet32, resnet50) or a timm model 'timm:<name>'.")
-    num_features = heads[0].in_features
-    network.replace_heads(lambda head: nn.Identity())
-    return network, num_features
 
 
 # ---------------------------------------------------------------------------------------------- the method
@@ -524,27 +483,6 @@ def confusion_cluster_metrics(confusion: np.ndarray, train_counts: Sequence[int]
     return {key: found[key] for key in CLUSTER_METRICS}
 
 
-@torch.no_grad()
-def training_set_features(network: ClusteringNetwork, config: RunConfig) -> Tensor:
-    """Backbone features (N, D) of the training split, unaugmented, in dataset order (on the CPU)."""
-    from longtail.data import create_loader
-    from longtail.engine.evaluate import eval_mode
-    from longtail.engine.trainer import create_datasets_for
-
-    train = create_datasets_for(config).train
-    device = next(network.parameters()).device
-    loader = create_loader(train, batch_size=config.data.eval_batch_size, train=False, augment="none",
-                           device=device, num_workers=config.data.num_workers)
-    features: Tensor | None = None
-    with eval_mode(network), torch.autocast(device.type, enabled=False):
-        for batch in loader:
-            rows = network.forward_features(batch.images).float().cpu()
-            if features is None:
-                features = torch.empty(len(train), rows.shape[1])
-            features[batch.indices.cpu()] = rows
-    return features
-
-
 # ---------------------------------------------------------------------------------------------- iNat subsets
 
 
@@ -571,9 +509,6 @@ def inat_subset_classes(train_targets: np.ndarray | Sequence[int], num_classes: 
 def write_inat_subset_lists(list_root: str | Path, out_dir: str | Path, num_classes: int) -> Path:
     """Write ``iNaturalist18_train.txt`` / ``iNaturalist18_val.txt`` of a subset (labels renumbered by
     :func:`inat_subset_classes`) into ``out_dir``; use it as ``data.args.list_root`` of dataset ``inat2018``."""
-    from longtail.data.lists import INAT2018
-    from longtail.data.sources import read_file_list
-
     list_root, out_dir = Path(list_root), Path(out_dir)
     train, val = read_file_list(list_root / INAT2018.train), read_file_list(list_root / INAT2018.test)
     classes = inat_subset_classes(train.targets, num_classes)

@@ -83,13 +83,13 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from longtail.config import RunConfig
-from longtail.engine.checkpoint import load_trained_model
 from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss
 from longtail.losses.ldam import ldam_margin_logits
 from longtail.losses.registry import register_loss
 from longtail.losses.weights import ldam_margins
 from longtail.methods.base import Method, Stage, register_method, unwrap
+from longtail.methods.runs import load_trained_model
 from longtail.models.multi_expert import MultiExpertNetwork
 from longtail.models.output import ModelOutput
 

@@ -7,7 +7,7 @@ clustering benchmark (``longtail predict RUN --features OUT.npz``, then ``benchm
 --features-file OUT.npz`` or ``longtail cluster --features OUT.npz``).
 
 Model (:class:`ContrastiveNetwork`). A backbone ``f`` (any single-head model of the registry, its head removed,
-or a timm model, as P²OT's: ``longtail.methods.p2ot.build_backbone``) gives ``h = f(x)`` (B, D); the projection
+or a timm model, as P²OT's: ``longtail.models.backbones.build_backbone``) gives ``h = f(x)`` (B, D); the projection
 head, an MLP with one hidden layer, gives ``z = g(h) = W2 ReLU(W1 h)`` (``hidden_dim``, ``projection_dim``).
 ``ModelOutput.features`` is ``h`` (what the paper evaluates and what the feature export writes),
 ``ModelOutput.logits`` is ``z`` during training.
@@ -54,7 +54,8 @@ from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
 from longtail.errors import LongtailError
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, both_views, register_method, unwrap
-from longtail.methods.p2ot import build_backbone, training_set_features
+from longtail.methods.runs import create_datasets_for, training_set_features
+from longtail.models.backbones import build_backbone
 from longtail.models.base import SingleHeadNetwork
 from longtail.models.output import ModelOutput
 
@@ -208,8 +209,6 @@ class SimCLR(Method):
         network = unwrap(model)
         key = (id(network), self._steps)
         if self._knn is None or self._knn_key != key:
-            from longtail.engine.trainer import create_datasets_for
-
             targets = np.asarray(create_datasets_for(self.config).train.targets)
             features = training_set_features(network, self.config).numpy()
             self._knn = KNeighborsClassifier(

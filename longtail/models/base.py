@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -75,3 +76,15 @@ def load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: str
             problems.append(f"wrong shape {', '.join(mismatched[:5])}{' ...' if len(mismatched) > 5 else ''}")
         raise LongtailError(f"Pretrained weights {source} do not fit the model: {'; '.join(problems)}.")
     module.load_state_dict({key: state[key] for key in own})
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Evaluation mode inside the block; every module's previous train/eval flag after it."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.train(training)

@@ -1,0 +1,129 @@
+"""Imports between the parts of ``longtail`` flow one way, from the command line down to the config.
+
+Every import statement of every module is read with ``ast`` (those inside functions too), so an import moved
+into a function to dodge a cycle is still seen. A part is a sub-package (``methods``) or a top-level module
+(``errors``); imports within one part are not checked.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import longtail
+
+PACKAGE_ROOT = Path(longtail.__file__).parent
+
+# Lowest first: a part imports only parts of lower layers; parts of one layer do not import each other.
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"errors"}),
+    frozenset({"registry", "paths"}),
+    frozenset({"config"}),
+    frozenset({"data", "models"}),
+    frozenset({"losses"}),
+    frozenset({"evaluation", "clustering"}),
+    frozenset({"methods"}),
+    frozenset({"engine"}),
+    frozenset({"api", "export"}),
+    frozenset({"cli"}),
+    frozenset({"__main__", "__init__"}),  # ``python -m longtail``, and the package's lazy re-export of ``api``
+)
+LAYER_OF = {part: index for index, parts in enumerate(LAYERS) for part in parts}
+
+
+@dataclass(frozen=True)
+class Import:
+    """One import of another part: ``path:line`` of the statement, the importing and the imported part."""
+
+    path: Path
+    line: int
+    source: str
+    target: str
+    statement: str
+
+    def __str__(self) -> str:
+        return f"{self.path.relative_to(PACKAGE_ROOT.parent)}:{self.line} `{self.statement}` ({self.source} -> {self.target})"
+
+
+def part_of(path: Path) -> str:
+    """The part a module file belongs to: its sub-package, or its own name for a top-level module."""
+    relative = path.relative_to(PACKAGE_ROOT)
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def imported_parts(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The parts of ``longtail`` that an import statement names (``from longtail import api`` names ``api``)."""
+    if isinstance(node, ast.Import):
+        modules = [alias.name for alias in node.names]
+    elif node.level:
+        raise AssertionError(f"relative import on line {node.lineno}: longtail imports by absolute names")
+    elif node.module == "longtail":
+        modules = [f"longtail.{alias.name}" for alias in node.names]
+    else:
+        modules = [node.module or ""]
+    names = [module.split(".") for module in modules if module.split(".")[0] == "longtail"]
+    return [name[1] if len(name) > 1 else "__init__" for name in names]
+
+
+def cross_part_imports() -> list[Import]:
+    found = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        source = part_of(path)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                statement = ast.unparse(node)
+                found += [Import(path, node.lineno, source, target, statement)
+                          for target in imported_parts(node) if target != source]
+    return found
+
+
+def find_cycle(imports: list[Import]) -> list[Import]:
+    """Imports that close a cycle between parts (one per edge), or [] when the graph is acyclic."""
+    edges: dict[str, dict[str, Import]] = {}
+    for edge in imports:
+        edges.setdefault(edge.source, {}).setdefault(edge.target, edge)
+    finished: set[str] = set()
+
+    def visit(part: str, path: list[Import]) -> list[Import]:
+        for target, edge in edges.get(part, {}).items():
+            on_path = [step.source for step in path]
+            if target in on_path:
+                return [*path[on_path.index(target):], edge]
+            if target not in finished:
+                cycle = visit(target, [*path, edge])
+                if cycle:
+                    return cycle
+        finished.add(part)
+        return []
+
+    for part in sorted(edges):
+        cycle = visit(part, [])
+        if cycle:
+            return cycle
+    return []
+
+
+def test_every_part_has_a_layer():
+    parts = {part_of(path) for path in PACKAGE_ROOT.rglob("*.py")}
+    assert not parts - set(LAYER_OF), f"Give these parts of longtail a layer in LAYERS: {sorted(parts - set(LAYER_OF))}"
+
+
+def test_no_import_cycle_between_parts():
+    cycle = find_cycle(cross_part_imports())
+    assert not cycle, "Import cycle between parts of longtail:\n  " + "\n  ".join(map(str, cycle))
+
+
+def test_imports_go_down_the_layers():
+    upward = [edge for edge in cross_part_imports() if LAYER_OF[edge.target] >= LAYER_OF[edge.source]]
+    layers = " < ".join("/".join(sorted(parts)) for parts in LAYERS)
+    assert not upward, f"Imports against the layer order ({layers}):\n  " + "\n  ".join(map(str, upward))
+
+
+def test_a_cycle_is_reported_with_its_imports():
+    path = PACKAGE_ROOT / "methods" / "ride.py"
+    down = Import(path, 1, "methods", "engine", "from longtail.engine import x")
+    up = Import(path, 2, "engine", "methods", "from longtail.methods import y")
+    aside = Import(path, 3, "engine", "errors", "from longtail.errors import z")
+    assert sorted(find_cycle([down, aside, up]), key=lambda edge: edge.line) == [down, up]
+    assert find_cycle([down, aside]) == []
