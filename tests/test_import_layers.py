@@ -30,6 +30,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"__main__", "__init__"}),  # ``python -m longtail``, and the package's lazy re-export of ``api``
 )
 LAYER_OF = {part: index for index, parts in enumerate(LAYERS) for part in parts}
+# Modules of ``longtail.methods`` that are not a paper's: the paper modules may import these, not each other.
+SHARED_METHOD_MODULES = frozenset({"__init__", "base", "runs", "batch_mixing"})
 
 
 @dataclass(frozen=True)
@@ -52,29 +54,37 @@ def part_of(path: Path) -> str:
     return relative.parts[0] if len(relative.parts) > 1 else relative.stem
 
 
-def imported_parts(node: ast.Import | ast.ImportFrom) -> list[str]:
-    """The parts of ``longtail`` that an import statement names (``from longtail import api`` names ``api``)."""
+def imported_modules(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The ``longtail`` modules an import statement names (``from longtail import api`` names ``longtail.api``)."""
     if isinstance(node, ast.Import):
         modules = [alias.name for alias in node.names]
     elif node.level:
         raise AssertionError(f"relative import on line {node.lineno}: longtail imports by absolute names")
-    elif node.module == "longtail":
-        modules = [f"longtail.{alias.name}" for alias in node.names]
+    elif node.module in ("longtail", "longtail.methods"):
+        modules = [f"{node.module}.{alias.name}" for alias in node.names]
     else:
         modules = [node.module or ""]
-    names = [module.split(".") for module in modules if module.split(".")[0] == "longtail"]
+    return [module for module in modules if module.split(".")[0] == "longtail"]
+
+
+def imported_parts(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The parts of ``longtail`` that an import statement names."""
+    names = [module.split(".") for module in imported_modules(node)]
     return [name[1] if len(name) > 1 else "__init__" for name in names]
+
+
+def import_statements(path: Path) -> list[ast.Import | ast.ImportFrom]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def cross_part_imports() -> list[Import]:
     found = []
     for path in sorted(PACKAGE_ROOT.rglob("*.py")):
         source = part_of(path)
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                statement = ast.unparse(node)
-                found += [Import(path, node.lineno, source, target, statement)
-                          for target in imported_parts(node) if target != source]
+        for node in import_statements(path):
+            found += [Import(path, node.lineno, source, target, ast.unparse(node))
+                      for target in imported_parts(node) if target != source]
     return found
 
 
@@ -127,3 +137,22 @@ def test_a_cycle_is_reported_with_its_imports():
     aside = Import(path, 3, "engine", "errors", "from longtail.errors import z")
     assert sorted(find_cycle([down, aside, up]), key=lambda edge: edge.line) == [down, up]
     assert find_cycle([down, aside]) == []
+
+
+def methods_module(module: str) -> str | None:
+    """``ride`` for ``longtail.methods.ride`` (and anything inside it); None outside ``longtail.methods``."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["longtail", "methods"] and len(parts) > 2 else None
+
+
+def test_paper_modules_do_not_import_each_other():
+    papers = {path.stem: path for path in (PACKAGE_ROOT / "methods").glob("*.py")
+              if path.stem not in SHARED_METHOD_MODULES}
+    crossing = [
+        f"{path.relative_to(PACKAGE_ROOT.parent)}:{node.lineno} `{ast.unparse(node)}`"
+        for paper, path in sorted(papers.items())
+        for node in import_statements(path)
+        if any(methods_module(module) in papers.keys() - {paper} for module in imported_modules(node))
+    ]
+    assert not crossing, ("Paper modules import each other; move what they share to losses/, models/ or data/:\n  "
+                          + "\n  ".join(crossing))

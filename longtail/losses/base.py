@@ -1,4 +1,5 @@
-"""What the baseline losses share: training class counts, the epoch, deferred re-weighting, input checks."""
+"""What the losses share: training class counts, the epoch, deferred re-weighting, input checks, and the float32
+that every loss computes in (baseline losses and the papers' losses alike)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from longtail.errors import LongtailError
 from longtail.losses.weights import check_class_counts, effective_number_weights
@@ -117,3 +118,17 @@ class LongtailLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, drw_epoch={self.drw_epoch}, beta={self.beta}, epoch={self.epoch}"
+
+
+def loss_dtype(tensor: Tensor) -> Tensor:
+    """Losses run in float32 at least (bf16/fp16 logits from autocast are upcast), float64 stays float64."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
+def require_class_targets(targets: Tensor, loss_name: str) -> Tensor:
+    if targets.dim() != 1 or targets.is_floating_point():
+        raise LongtailError(
+            f"Loss '{loss_name}' needs integer class targets of shape (B,), got {tuple(targets.shape)} "
+            f"{targets.dtype}; switch Mixup/CutMix off for this method."
+        )
+    return targets

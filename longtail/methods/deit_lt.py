@@ -95,11 +95,10 @@ from torch import Tensor, nn
 
 from longtail.config import RunConfig
 from longtail.errors import LongtailError
-from longtail.losses.base import LongtailLoss
+from longtail.losses.base import LongtailLoss, loss_dtype
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, register_method
 from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing
-from longtail.methods.ride import loss_dtype
 from longtail.methods.runs import load_trained_model
 from longtail.models.output import ModelOutput
 

@@ -58,7 +58,6 @@ Where the official code differs from the paper, and what this module does:
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -69,10 +68,10 @@ from torch import Tensor, nn
 
 from longtail.config import RunConfig
 from longtail.errors import LongtailError
-from longtail.losses.base import LongtailLoss
+from longtail.losses.base import LongtailLoss, require_class_targets
+from longtail.losses.experts import expert_cross_entropy, in_float32, require_expert_logits
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, both_views, register_method
-from longtail.methods.ride import expert_cross_entropy, require_class_targets, require_expert_logits
 from longtail.models.output import ModelOutput
 
 LogPrior = Literal["exact", "official"]
@@ -191,14 +190,6 @@ class MDCSLoss(LongtailLoss):
                 f"{targets.shape[0]} targets, got {rows}; create the loader with two_views=True."
             )
         return expert_logits.chunk(2, dim=1)
-
-
-def in_float32(output: ModelOutput) -> ModelOutput:
-    """``output`` with float32 expert logits: under bf16 autocast a logit of 30 has a resolution of 0.125,
-    coarser than the logit adjustment and the KL terms need."""
-    if output.expert_logits is None:
-        return output
-    return dataclasses.replace(output, expert_logits=output.expert_logits.float())
 
 
 def resolve_expert_exponents(config: RunConfig) -> tuple[float, ...]:

@@ -84,7 +84,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from longtail.config import RunConfig
 from longtail.errors import LongtailError
-from longtail.losses.base import LongtailLoss
+from longtail.losses.base import LongtailLoss, loss_dtype, require_class_targets
+from longtail.losses.experts import expert_cross_entropy, require_expert_logits
 from longtail.losses.ldam import ldam_margin_logits
 from longtail.losses.registry import register_loss
 from longtail.losses.weights import ldam_margins
@@ -116,23 +117,6 @@ def diversity_weights(class_counts: Sequence[int] | Tensor, reweight_factor: flo
             "use a smaller reweight_factor (0.05 on CIFAR, 0.02 on ImageNet-LT)."
         )
     return weights
-
-
-def weighted_mean(values: Tensor, targets: Tensor, class_weights: Tensor | None) -> Tensor:
-    """Mean over the last axis, weighted by ``class_weights[targets]`` as ``F.cross_entropy(weight=...)``."""
-    if class_weights is None:
-        return values.mean(-1)
-    sample_weights = class_weights[targets]
-    return (values * sample_weights).sum(-1) / sample_weights.sum()
-
-
-def expert_cross_entropy(logits: Tensor, targets: Tensor, class_weights: Tensor | None = None) -> Tensor:
-    """Per-expert (weighted) cross-entropy of ``logits`` (K, B, C) against ``targets`` (B,), shape (K,)."""
-    num_experts, batch, num_classes = logits.shape
-    per_sample = F.cross_entropy(
-        logits.reshape(-1, num_classes), targets.repeat(num_experts), reduction="none"
-    ).view(num_experts, batch)
-    return weighted_mean(per_sample, targets, class_weights)
 
 
 def ride_loss_terms(
@@ -172,29 +156,6 @@ def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature:
     teacher_probs = F.softmax(teacher_logits.detach() / temperature, dim=-1)
     student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
     return temperature * temperature * F.kl_div(student_log_probs, teacher_probs, reduction="batchmean")
-
-
-def loss_dtype(tensor: Tensor) -> Tensor:
-    """Losses run in float32 at least (bf16/fp16 logits from autocast are upcast), float64 stays float64."""
-    return tensor if tensor.dtype == torch.float64 else tensor.float()
-
-
-def require_expert_logits(output: ModelOutput, loss_name: str) -> Tensor:
-    if output.expert_logits is None:
-        raise LongtailError(
-            f"Loss '{loss_name}' needs a multi-expert model (ModelOutput.expert_logits is None); "
-            "pick a multi-expert model such as the RIDE ResNet-32."
-        )
-    return loss_dtype(output.expert_logits)
-
-
-def require_class_targets(targets: Tensor, loss_name: str) -> Tensor:
-    if targets.dim() != 1 or targets.is_floating_point():
-        raise LongtailError(
-            f"Loss '{loss_name}' needs integer class targets of shape (B,), got {tuple(targets.shape)} "
-            f"{targets.dtype}; switch Mixup/CutMix off for this method."
-        )
-    return targets
 
 
 @register_loss("ride")

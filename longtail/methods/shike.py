@@ -109,10 +109,9 @@ from torch import Tensor, nn
 from longtail.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss
+from longtail.losses.experts import in_float32, require_expert_logits
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, Stage, register_method, unwrap
-from longtail.methods.mdcs import in_float32
-from longtail.methods.ride import require_expert_logits
 from longtail.models.output import ModelOutput
 
 KLReduction = Literal["batchmean", "official"]
