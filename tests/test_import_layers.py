@@ -1,4 +1,4 @@
-"""Imports between the parts of ``longtail`` flow one way, from the command line down to the config.
+"""Imports between the parts of ``longtail`` flow one way, from the command line down to the config and errors.
 
 Every import statement of every module is read with ``ast`` (those inside functions too), so an import moved
 into a function to dodge a cycle is still seen. A part is a sub-package (``methods``) or a top-level module
@@ -45,7 +45,8 @@ class Import:
     statement: str
 
     def __str__(self) -> str:
-        return f"{self.path.relative_to(PACKAGE_ROOT.parent)}:{self.line} `{self.statement}` ({self.source} -> {self.target})"
+        where = f"{self.path.relative_to(PACKAGE_ROOT.parent)}:{self.line}"
+        return f"{where} `{self.statement}` ({self.source} -> {self.target})"
 
 
 def part_of(path: Path) -> str:

@@ -28,7 +28,6 @@ import torch
 
 from longtail.cli.arguments import positive_int
 from longtail.config import config_spelling
-from longtail.engine.run_files import CLUSTERING
 from longtail.errors import LongtailError
 
 DEFAULT_RUNS = Path("runs")
@@ -120,9 +119,9 @@ def cluster_run(run_dir: str | Path, device: str | torch.device | None = None) -
     from longtail.config import from_dict
     from longtail.engine.distributed import DistContext
     from longtail.engine.evaluate import Evaluator
+    from longtail.engine.run_files import CLUSTERING
     from longtail.engine.trainer import resolve_device
     from longtail.methods import runs
-    from longtail.methods.runs import create_datasets_for
 
     run_dir = Path(run_dir)
     state = runs.load_checkpoint(run_dir)
@@ -131,7 +130,7 @@ def cluster_run(run_dir: str | Path, device: str | torch.device | None = None) -
                             f"{run_dir} --resume`.")
     config = from_dict(state["config"])
     device = torch.device(device) if device is not None else resolve_device(config.train.device)
-    test = create_datasets_for(config).test
+    test = runs.create_datasets_for(config).test
     candidates = {"last": run_dir / runs.CHECKPOINT, "best": run_dir / runs.BEST}
     results: dict[str, dict[str, Any]] = {}
     for which, path in candidates.items():

@@ -37,13 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from longtail.engine.evaluate import Evaluator, format_table, table_rows, write_split_report
     from longtail.engine.trainer import resolve_device
     from longtail.methods import runs
-    from longtail.methods.runs import create_datasets_for
 
     weights = _weights(args.path)
     state = runs.load_checkpoint(next(iter(weights.values())))
     config = from_dict(apply_overrides(state["config"], parse_overrides(_checked(args.overrides))))
     device = resolve_device(config.train.device)
-    splits = create_datasets_for(config)
+    splits = runs.create_datasets_for(config)
     rows = {}
     for which, path in weights.items():
         trained = runs.load_trained_model(path, device, config)

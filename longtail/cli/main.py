@@ -10,6 +10,8 @@ from longtail.errors import LongtailError, keyword_spelling
 
 # Sub-command modules of longtail.cli; each defines add_parser(subparsers) and run(args) -> int, and may define
 # spell_setting(Setting) -> str: how its users set what an error's fix names (e.g. `data.root=<folder>`).
+# Building the parser imports every one of them, so they import the engine and the methods inside the functions
+# that use them: importing those (models, timm) up front would make `longtail --help` start about half again slower.
 COMMANDS = ("datasets", "train", "eval", "predict", "export", "recipes", "cluster")
 INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C (128 + SIGINT)
 

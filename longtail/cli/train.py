@@ -8,7 +8,6 @@ from pathlib import Path
 
 from longtail.config import apply_overrides, config_spelling, from_dict, parse_overrides, resolve
 from longtail.errors import LongtailError
-from longtail.methods import runs
 
 DEFAULT_RUNS = Path("runs")
 spell_setting = config_spelling
@@ -45,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
+    from longtail.methods.runs import load_checkpoint
+
     if args.recipe:
         return resolve(args.recipe, args.overrides)
     if args.resume and args.run_dir:
-        stored = runs.load_checkpoint(args.run_dir)["config"]
+        stored = load_checkpoint(args.run_dir)["config"]
         return from_dict(apply_overrides(stored, parse_overrides(args.overrides)))
     raise LongtailError("Give --recipe NAME (see `longtail recipes`), or --run-dir DIR --resume to continue a run.")
 
