@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
@@ -377,8 +378,6 @@ class Trainer:
     def _make_ema(self) -> Any:
         if self.config.train.ema_decay <= 0:
             return None
-        from timm.utils import ModelEmaV3
-
         return ModelEmaV3(self.model, decay=self.config.train.ema_decay)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
