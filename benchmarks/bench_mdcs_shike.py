@@ -28,7 +28,7 @@ from longtail.data import create_datasets, create_loader
 from longtail.data.augment import AugmentSpec
 from longtail.data.cifar import CIFAR10_STATS
 from longtail.data.memory import ArrayStore, InMemoryImages
-from longtail.engine.config import resolve
+from longtail.config import resolve
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import build_optimizer
 from longtail.engine.trainer import frozen_modules

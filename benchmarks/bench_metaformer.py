@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from longtail.engine.config import OptimConfig
+from longtail.config import OptimConfig
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import build_optimizer
 from longtail.models import create

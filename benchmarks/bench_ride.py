@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from _timing import interleaved_step_times
 
-from longtail.engine.config import resolve
+from longtail.config import resolve
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.trainer import StageRun, Trainer, _channels_last
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from longtail.engine.config import from_dict
+from longtail.config import from_dict
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.trainer import train
 from longtail.models import create

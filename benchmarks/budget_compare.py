@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from longtail.engine.config import resolve
+from longtail.config import resolve
 from longtail.engine.trainer import train
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import yaml
 
-from longtail.engine.config import RunConfig, resolve
+from longtail.config import RunConfig, resolve
 from longtail.engine.evaluate import effective_precision
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
