@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -154,3 +155,38 @@ def test_settings_that_change_the_model_are_named_as_the_misfit(trained_run):
     changed = from_dict(apply_overrides(stored, parse_overrides(["model.name=resnet32"])))
     with pytest.raises(LongtailError, match=r"do not fit the model of the changed settings \(\d+ missing"):
         load_trained_model(trained_run, config=changed)
+
+
+def test_predict_features_and_cluster_take_where_a_moved_runs_data_is(tmp_path, capsys):
+    """Commands that rebuild a finished run's dataset accept its new location, and name it as they take it."""
+    from test_data_datasets import write_tree
+
+    tree, moved, features = tmp_path / "tree", tmp_path / "moved", tmp_path / "features.npz"
+    write_tree(tree, {"train": [6, 6], "test": [3, 3]})
+    data = ["data.name=imagefolder-lt", f"data.root={tree}", "data.imbalance=1", "data.val_per_class=0",
+            "data.batch_size=4"]
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "digits-ce", *data, "schedule.epochs=1", "train.progress=false",
+                 "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    tree.rename(moved)
+
+    assert main(["predict", str(run), "--features", str(features)]) == 2
+    assert "--set data.root=<folder>" in error_line(capsys)
+    assert main(["predict", str(run), "--features", str(features), "--set", "optim.lr=1"]) == 2
+    assert "`longtail predict` cannot change 'optim.lr'" in error_line(capsys)
+    assert main(["predict", str(run), "--features", str(features), "--set", f"data.root={moved}"]) == 0
+    assert len(np.load(features)["targets"]) == 12
+
+    assert main(["cluster", "--run-dir", str(run)]) == 2
+    assert "data.root=<folder>" in error_line(capsys)
+    assert main(["cluster", "--run-dir", str(run), f"data.root={moved}"]) == 0
+
+
+def test_a_training_split_smaller_than_a_batch_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "digits-ce", "data.imbalance=100", "data.val_per_class=0",
+                 "data.batch_size=512", "train.progress=false", "--run-dir", str(run)]) == 2
+    message = error_line(capsys)
+    assert "fewer than one batch" in message and "Lower data.batch_size" in message
+    assert not run.exists()

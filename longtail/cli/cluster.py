@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from longtail.cli.arguments import positive_int
+from longtail.cli.arguments import DATA_LOCATION_KEYS, checked_overrides, positive_int
 from longtail.config import config_spelling
 from longtail.errors import LongtailError
 
@@ -51,7 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     mode.add_argument("--recipe", help="clustering recipe (`longtail recipes`, p2ot-*/sp2ot-*) or a YAML file")
     mode.add_argument("--features", type=Path, help=".npz/.pt with features (N, D), targets (N,)[, train_counts]")
     mode.add_argument("--inat-subset", type=positive_int, metavar="N", help="write the iNat 2018 subset lists of N classes")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --recipe)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides (with --recipe or --resume); with --run-dir alone, where its data is now")
     parser.add_argument("--run-dir", type=Path, help="run folder (default: runs/<recipe>/<date-time>)")
     parser.add_argument("--resume", action="store_true", help="continue the unfinished run in --run-dir")
     parser.add_argument("--force", action="store_true",
@@ -84,9 +85,8 @@ def _train_and_cluster(args: argparse.Namespace) -> int:
     from longtail.engine.trainer import resolve_device, train
 
     if args.recipe is None and not args.resume:
-        if args.overrides:
-            raise LongtailError("key=value overrides need --recipe (or --resume); --run-dir alone only evaluates.")
-        results = cluster_run(args.run_dir)
+        results = cluster_run(args.run_dir, overrides=checked_overrides("cluster --run-dir", args.overrides,
+                                                                       DATA_LOCATION_KEYS))
         print(format_cluster_table(results))
         return 0
     config = _config(args)
@@ -112,11 +112,14 @@ def _config(args: argparse.Namespace):
     return from_dict(apply_overrides(stored, parse_overrides(args.overrides)))
 
 
-def cluster_run(run_dir: str | Path, device: str | torch.device | None = None) -> dict[str, dict[str, Any]]:
+def cluster_run(
+    run_dir: str | Path, device: str | torch.device | None = None, overrides: list[str] = ()
+) -> dict[str, dict[str, Any]]:
     """Clustering metrics of the test split for the last weights of ``run_dir`` (and the selected ones when
-    the run saved ``best.pt``); written to ``run_dir/clustering.json``."""
+    the run saved ``best.pt``); written to ``run_dir/clustering.json``. ``overrides``: data-location settings
+    (the run's data moved)."""
     from longtail.clustering import clustering_metrics
-    from longtail.config import from_dict
+    from longtail.config import apply_overrides, from_dict, parse_overrides
     from longtail.engine.distributed import DistContext
     from longtail.engine.evaluate import Evaluator
     from longtail.engine.run_files import CLUSTERING
@@ -128,7 +131,7 @@ def cluster_run(run_dir: str | Path, device: str | torch.device | None = None) -
     if not state.get("finished"):
         raise LongtailError(f"The run in {run_dir} is not finished; continue it with `longtail cluster --run-dir "
                             f"{run_dir} --resume`.")
-    config = from_dict(state["config"])
+    config = from_dict(apply_overrides(state["config"], parse_overrides(list(overrides))))
     device = torch.device(device) if device is not None else resolve_device(config.train.device)
     test = runs.create_datasets_for(config).test
     candidates = {"last": run_dir / runs.CHECKPOINT, "best": run_dir / runs.BEST}

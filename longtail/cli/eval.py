@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from longtail.cli.arguments import DATA_LOCATION_KEYS, checked_overrides
 from longtail.config import apply_overrides, config_spelling, from_dict, parse_overrides
 from longtail.errors import LongtailError
 
 ALLOWED_PREFIXES = (
-    "eval.", "data.root", "data.args.download", "data.args.image_root", "data.args.list_root", "data.eval_batch_size",
-    "data.num_workers", "train.device", "train.precision", "method.args."
+    "eval.", *DATA_LOCATION_KEYS, "data.eval_batch_size", "data.num_workers", "train.device", "train.precision",
+    "method.args."
 )
 SPLITS = ("val", "test")
 spell_setting = config_spelling
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     weights = _weights(args.path)
     state = runs.load_checkpoint(next(iter(weights.values())))
-    config = from_dict(apply_overrides(state["config"], parse_overrides(_checked(args.overrides))))
+    overrides = checked_overrides("eval", args.overrides, ALLOWED_PREFIXES)
+    config = from_dict(apply_overrides(state["config"], parse_overrides(overrides)))
     device = resolve_device(config.train.device)
     splits = runs.create_datasets_for(config)
     rows = {}
@@ -72,13 +74,3 @@ def _weights(path: Path) -> dict[str, Path]:
     found = {"last": path / CHECKPOINT, "best": path / BEST}
     return {which: file for which, file in found.items() if file.is_file()} or {"last": path / CHECKPOINT}
 
-
-def _checked(overrides: list[str]) -> list[str]:
-    for item in overrides:
-        key = item.partition("=")[0]
-        if not key.startswith(ALLOWED_PREFIXES):
-            raise LongtailError(
-                f"`longtail eval` cannot change '{key}': the model was trained with it. "
-                f"Evaluation settings it accepts: {', '.join(ALLOWED_PREFIXES)}."
-            )
-    return overrides

@@ -14,10 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longtail.cli.arguments import positive_int
-from longtail.errors import LongtailError
+from longtail.cli.arguments import DATA_LOCATION_KEYS, checked_overrides, positive_int
+from longtail.config import apply_overrides, config_spelling, from_dict, parse_overrides
+from longtail.errors import LongtailError, Setting
 
 SPLITS = ("train", "val", "test")
+
+
+def spell_setting(setting: Setting) -> str:
+    """A data setting as predict takes it: ``--set data.root=<folder>``."""
+    return f"--set {config_spelling(setting)}"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--features", type=Path, metavar="OUT.npz",
                         help="write the features and targets of a dataset split (--split) instead")
     parser.add_argument("--split", choices=SPLITS, default="train", help="with --features: the split (default train)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="key=value", dest="overrides",
+                        help=f"with --features: where the run's data is now ({', '.join(DATA_LOCATION_KEYS)})")
     return parser
 
 
@@ -37,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
     if args.features is not None:
         if args.images:
             raise LongtailError("Give either IMAGE files to classify or --features OUT.npz, not both.")
-        return export_features(args.checkpoint, args.features, args.split)
+        return export_features(args.checkpoint, args.features, args.split, args.overrides)
     if not args.images:
         raise LongtailError("Give IMAGE files to classify, or --features OUT.npz to write the features of a split.")
+    if args.overrides:
+        raise LongtailError("--set says where a run's data is for --features; classifying IMAGE files needs no data.")
     from longtail.data.preprocess import load_image
 
     trained = load_trained_model(args.checkpoint)
@@ -55,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_features(checkpoint: Path, out: Path, split: str) -> int:
-    """Write the features, targets and training class counts of ``split`` to the .npz ``out``."""
+def export_features(checkpoint: Path, out: Path, split: str, overrides: list[str] = ()) -> int:
+    """Write the features, targets and training class counts of ``split`` to the .npz ``out``; ``overrides``:
+    data-location settings (the run's data moved)."""
     from longtail.engine.distributed import DistContext
     from longtail.engine.evaluate import Evaluator
     from longtail.engine.trainer import resolve_device
@@ -65,7 +76,8 @@ def export_features(checkpoint: Path, out: Path, split: str) -> int:
 
     device = resolve_device("auto")
     trained = load_trained_model(checkpoint, device)
-    dataset = getattr(create_datasets_for(trained.config), split)
+    located = parse_overrides(checked_overrides("predict", list(overrides), DATA_LOCATION_KEYS))
+    dataset = getattr(create_datasets_for(from_dict(apply_overrides(trained.config.to_dict(), located))), split)
     if dataset is None:
         raise LongtailError(f"The run's dataset {trained.config.data.name} has no {split} split (data.val_per_class="
                             f"{trained.config.data.val_per_class}); use --split train or test.")

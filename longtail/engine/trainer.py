@@ -334,6 +334,12 @@ class Trainer:
         params = self._freeze_for(stage)
         optimizer = build_optimizer(self.method.param_groups(stage, self.model, params), stage.optim)
         loader = self._train_loader(stage)
+        if len(loader) == 0:
+            raise LongtailError(
+                f"Stage '{stage.name}' has no full batch: its {len(self.splits.train)} training images are fewer than one "
+                f"batch (full batches only, as the recipes' schedules count them). Lower data.batch_size (or the "
+                f"stage's batch_size)."
+            )
         steps_per_epoch = math.ceil(len(loader) / self.config.train.accumulate_steps)
         scheduler = build_scheduler(optimizer, stage.schedule, stage.optim.lr, steps_per_epoch)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
