@@ -50,9 +50,8 @@ def batch(size: int = 16, seed: int = 1) -> Batch:
     )
 
 
-def run_stage(method: SHIKE, model: torch.nn.Module, stage_index: int, steps: int = 3) -> None:
-    """A few SGD steps of one stage, set up as the trainer does: prepare, freeze, frozen modules in eval."""
-    stage = method.stages()[stage_index]
+def set_up_stage(method: SHIKE, model: torch.nn.Module, stage) -> list[torch.nn.Parameter]:
+    """The trainer's set-up of a stage: prepare, freeze all but its parameters, frozen modules in eval."""
     method.prepare_stage(stage, model)
     params = method.trainable_parameters(stage, model)
     trainable = {id(p) for p in params}
@@ -61,6 +60,13 @@ def run_stage(method: SHIKE, model: torch.nn.Module, stage_index: int, steps: in
     model.train()
     for module in frozen_modules(model):
         module.eval()
+    return params
+
+
+def run_stage(method: SHIKE, model: torch.nn.Module, stage_index: int, steps: int = 3) -> None:
+    """A few SGD steps of one stage, set up as the trainer does: prepare, freeze, frozen modules in eval."""
+    stage = method.stages()[stage_index]
+    params = set_up_stage(method, model, stage)
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     criterion = method.build_loss(stage.loss)
     for step in range(steps):
@@ -194,14 +200,7 @@ def test_stage2_through_the_trainer_reports_accuracy_before_and_after(tmp_path, 
 def stage2_step(method: SHIKE, model: torch.nn.Module, lr: float, weight_decay: float) -> None:
     """One stage-2 step as the trainer runs it: freeze, frozen modules in eval, the method's optimiser groups."""
     stage = method.stages()[1]
-    method.prepare_stage(stage, model)
-    params = method.trainable_parameters(stage, model)
-    trainable = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in trainable)
-    model.train()
-    for module in frozen_modules(model):
-        module.eval()
+    params = set_up_stage(method, model, stage)
     groups = method.param_groups(stage, model, params)
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
     optimizer.zero_grad(set_to_none=True)
