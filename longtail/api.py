@@ -28,7 +28,8 @@ from longtail.data.preprocess import load_image
 from longtail.engine.distributed import DistContext
 from longtail.engine.evaluate import Evaluator
 from longtail.errors import LongtailError
-from longtail.methods.runs import TrainedModel, create_datasets_for, load_trained_model
+from longtail.methods.context import create_datasets_for
+from longtail.methods.runs import TrainedModel, load_trained_model
 
 SPLITS = ("train", "val", "test")
 ImageInput = str | Path | Image.Image

@@ -18,6 +18,7 @@ from longtail.methods.baselines import ERM
 from longtail.models import create
 from longtail.models.heads import CosNormHead, create_head
 from longtail.models.output import ModelOutput
+from tiny import set_up_on_cpu, step_of
 
 
 def test_cosnorm_squashes_the_feature_and_scales_by_the_squared_learnable_scale():
@@ -60,7 +61,7 @@ def info(num_classes: int = 4) -> SimpleNamespace:
 
 def test_erm_mixup_gives_soft_targets_that_ce_accepts():
     method = ERM(RunConfig(), info(), mixup_alpha=0.2, random_erasing=0.5)
-    method.setup(torch.device("cpu"))
+    set_up_on_cpu(method)
     images = torch.randn(8, 3, 8, 8)
     batch = Batch(images=images, targets=torch.arange(8) % 4, indices=torch.arange(8))
     mixed, soft = method.augment(batch.images, batch.targets)
@@ -73,7 +74,7 @@ def test_erm_mixup_gives_soft_targets_that_ce_accepts():
             return ModelOutput(logits=model(x), features=None)
 
     criterion = create_loss("ce", class_counts=info().train_counts, label_smoothing=0.1)
-    loss, _ = method.training_step(Wrapped(), batch, criterion, epoch=0)
+    loss, _ = method.training_step(Wrapped(), batch, criterion, step_of(0))
     assert torch.isfinite(loss)
     with pytest.raises(LongtailError, match="even batch"):
         method.augment(images[:3], batch.targets[:3])

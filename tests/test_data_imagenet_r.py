@@ -13,7 +13,7 @@ from longtail.data import create_datasets
 from longtail.data.datasets import IMAGENET_MEAN
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
-from longtail.methods.runs import create_datasets_for
+from longtail.methods.context import create_datasets_for
 
 COUNTS = {"n00000003": 23, "n00000001": 40, "n00000002": 31}  # written unsorted: labels follow sorted wnids
 WNIDS = sorted(COUNTS)

@@ -1,10 +1,11 @@
 """Engine hooks for methods and models: ``Method.extra_metrics`` in every head's metrics and the summary,
-``train.ema_eval``, ``model.set_epoch`` and meta-information (``model(x, meta=...)`` and the ``no_meta`` head),
+``train.ema_eval``, the run context and step info, ``Network.set_epoch`` and meta-information (``model(x, meta=...)`` and the ``no_meta`` head),
 ``model.activation_options``."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,9 +27,11 @@ from longtail.engine.trainer import Trainer, train
 from longtail.errors import LongtailError
 from longtail.methods.base import Method, accepts_meta
 from longtail.methods.baselines import ERM
+from longtail.methods.context import RunContext, StepInfo
 from longtail.methods.runs import load_checkpoint
 from longtail.models import create
 from longtail.models.activations import AGLU
+from longtail.models.base import Network
 from longtail.models.output import ModelOutput
 
 TINY = {
@@ -53,7 +56,7 @@ def tiny_config(*overrides: str) -> RunConfig:
     return from_dict(apply_overrides(TINY, parse_overrides(list(overrides))))
 
 
-class TinyMetaModel(nn.Module):
+class TinyMetaModel(Network):
     """Logits from the mean colour of the image plus, when given, a linear map of ``meta['attributes']``."""
 
     def __init__(self, num_classes: int) -> None:
@@ -69,8 +72,14 @@ class TinyMetaModel(nn.Module):
     def head_modules(self) -> list[nn.Module]:
         return [self.head]
 
+    def replace_heads(self, fn: Callable[[nn.Module], nn.Module]) -> None:
+        self.head = fn(self.head)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor, meta: dict[str, torch.Tensor] | None = None) -> ModelOutput:
-        features = x.mean(dim=(2, 3))
+        features = self.forward_features(x)
         logits = self.head(features)
         if meta:
             self.meta_batches += 1
@@ -122,6 +131,42 @@ def test_trainer_sets_the_epoch_passes_meta_and_reports_the_no_meta_head(tmp_pat
     assert {"main", "no_meta"} <= summary["last_test"].keys()
     results = json.loads((tmp_path / "report" / "last_test" / "results.json").read_text())
     assert "no_meta" in results["heads"]
+
+
+def test_a_model_that_is_not_a_network_is_refused_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(ERM, "build_model", lambda self: PlainModel())
+    with pytest.raises(LongtailError, match="PlainModel, not a longtail.models.base.Network: subclass Network"):
+        Trainer(tiny_config(), tmp_path)
+
+
+def test_methods_get_the_run_context_and_each_steps_place_in_optimiser_steps(tmp_path, monkeypatch):
+    seen: list[StepInfo] = []
+    contexts: list[RunContext] = []
+    original_step, original_setup = ERM.training_step, ERM.setup
+
+    def training_step(self, model, batch, criterion, step):
+        seen.append(step)
+        return original_step(self, model, batch, criterion, step)
+
+    def setup(self, context):
+        contexts.append(context)
+        original_setup(self, context)
+
+    monkeypatch.setattr(ERM, "training_step", training_step)
+    monkeypatch.setattr(ERM, "setup", setup)
+    trainer = Trainer(tiny_config("train.accumulate_steps=2"), tmp_path)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    (context,) = contexts
+    assert context.splits is trainer.splits and context.device == trainer.device and context.world_size == 1
+    assert trainer.method.context is context
+    batches = len(trainer.splits.train) // TINY["data"]["batch_size"]
+    steps = -(-batches // 2)
+    assert [(s.epoch, s.step) for s in seen] == [(e, b // 2) for e in range(2) for b in range(batches)]
+    assert {(s.stage_epochs, s.steps_per_epoch) for s in seen} == {(2, steps)}
+    assert seen[0].progress == 0.0 and seen[-1].progress == pytest.approx((2 * steps - 1) / (2 * steps))
 
 
 def test_extra_metrics_reach_every_head_and_the_summary(tmp_path, monkeypatch):

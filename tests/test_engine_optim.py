@@ -13,6 +13,7 @@ from longtail.engine.optim import SAM, build_scheduler, frozen_batchnorm_stats, 
 from longtail.engine.trainer import StageRun, Trainer
 from longtail.errors import LongtailError
 from longtail.methods.base import Method, Stage
+from tiny import step_of
 
 
 def test_linear_warmup_then_multistep():
@@ -81,14 +82,14 @@ def test_sam_update_of_the_trainer_matches_a_hand_computation(micro_batches):
     run = StageRun(stage=stage, params=params, optimizer=optimizer,
                    scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
                    scaler=torch.amp.GradScaler("cpu", enabled=False), criterion=nn.Identity(), loader=None,
-                   step_model=model, sam=SAM(params, rho))
+                   step_model=model, steps_per_epoch=1, sam=SAM(params, rho))
     trainer = object.__new__(Trainer)
     trainer.method, trainer.model, trainer.autocast_dtype = _Regression(x, y), model, None
 
     group = [slice(start, start + 8 // micro_batches) for start in range(0, 8, 8 // micro_batches)]
-    values = [trainer._accumulate(run, rows, 0, index == 0, len(group), index + 1 == len(group))
+    values = [trainer._accumulate(run, rows, step_of(0), index == 0, len(group), index + 1 == len(group))
               for index, rows in enumerate(group)]
-    trainer._optimisation_step(run, group, epoch=0)
+    trainer._optimisation_step(run, group, step_of(0))
 
     g = _quadratic_grad(w0, x, y)
     perturbed = w0 + rho * g / g.norm()

@@ -23,6 +23,7 @@ from longtail.engine.trainer import Trainer, train
 from longtail.evaluation.report import format_shot_table
 from longtail.methods.baselines import ERM
 from longtail.methods.runs import BEST, load_checkpoint
+from longtail.models.base import SingleHeadNetwork
 from longtail.models.output import ModelOutput
 
 TINY = {
@@ -43,19 +44,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-class MeanColourModel(nn.Module):
+class MeanColourModel(SingleHeadNetwork):
     """Logits from the mean colour of the image: trains in milliseconds."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.head = nn.Linear(3, num_classes)
 
-    def head_modules(self) -> list[nn.Module]:
-        return [self.head]
-
-    def forward(self, x: torch.Tensor) -> ModelOutput:
-        features = x.mean(dim=(2, 3))
-        return ModelOutput(logits=self.head(features), features=features)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
 
 
 @pytest.fixture

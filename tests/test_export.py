@@ -13,7 +13,7 @@ import torch
 from longtail.cli.main import main
 from longtail.methods.ride import RIDE, ROUTER, masked_routed_logits, routed_forward
 from longtail.methods.runs import load_trained_model
-from longtail.methods.runs import create_datasets_for
+from longtail.methods.context import create_datasets_for
 
 TINY_RIDE = ["budget=2", "data.imbalance=100", "data.val_per_class=2", "data.args.image_size=8",
              "train.progress=false"]

@@ -12,6 +12,7 @@ from longtail.config import RunConfig, resolve
 from longtail.data.batch import Batch
 from longtail.methods.baselines import ERM
 from longtail.models import create
+from tiny import step_of
 
 METAFORMER_RECIPES = [
     "metaformer-inat2018-metafg0-meta",
@@ -59,5 +60,5 @@ def test_metafg_with_meta_trains_on_its_meta_and_reports_the_no_meta_head():
         assert not torch.allclose(output.logits, output.aux["no_meta_logits"])
         batch = Batch(images=images, targets=torch.tensor([0, 1]), indices=torch.arange(2), meta=meta)
         criterion = lambda out, targets: torch.nn.functional.cross_entropy(out.logits, targets)  # noqa: E731
-        _, trained = method.training_step(model, batch, criterion, epoch=0)
+        _, trained = method.training_step(model, batch, criterion, step_of(0))
         torch.testing.assert_close(trained.logits, output.logits)

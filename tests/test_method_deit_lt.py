@@ -20,6 +20,7 @@ from longtail.errors import LongtailError
 from longtail.losses.weights import effective_number_weights
 from longtail.methods.deit_lt import DEIT_LT_CUT_POINTS, DeiTLT, FrozenTeacher, LabelTeacher, rank_groups
 from longtail.models.output import ModelOutput
+from tiny import set_up_on_cpu, step_of
 
 NUM_CLASSES = 10
 CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -160,14 +161,14 @@ def test_teacher_sees_the_students_mixed_batch_and_gets_no_gradient():
     recorder = RecordingTeacher()
     method = deit_lt(random_erasing=1.0)
     method.teacher = FrozenTeacher(recorder, image_size=16)
-    method.setup(torch.device("cpu"))
+    set_up_on_cpu(method)
     student = tiny_student().train()
     student_inputs = record_student_input(student)
     batch = make_batch()
     original = batch.images.clone()
     criterion = longtail.losses.create("deit_lt", class_counts=CIFAR10_IF100, drw_epoch=2)
 
-    loss, output = method.training_step(student, batch, criterion, epoch=0)
+    loss, output = method.training_step(student, batch, criterion, step_of(0))
     loss.backward()
 
     (seen_by_teacher,) = recorder.inputs
@@ -201,14 +202,14 @@ def test_teacher_gets_the_batch_resized_and_renormalised_to_its_own_input():
 
 def test_label_teacher_teaches_the_dist_head_the_larger_part_of_each_mixed_image():
     method = deit_lt(teacher="labels", random_erasing=0.0, no_mixup_drw=True)
-    method.setup(torch.device("cpu"))
+    set_up_on_cpu(method)
     assert isinstance(method.teacher, LabelTeacher)
     student = tiny_student().train()
     batch = make_batch()
     criterion = longtail.losses.create("deit_lt", class_counts=CIFAR10_IF100, drw_epoch=2)
 
     np.random.seed(3)  # timm's Mixup draws λ and the mode with NumPy
-    loss, output = method.training_step(student, batch, criterion, epoch=0)
+    loss, output = method.training_step(student, batch, criterion, step_of(0))
     np.random.seed(3)
     _, mixed_targets = method.augment(batch.images, batch.targets, mix=True)
     dominant = mixed_targets.argmax(1)
@@ -219,7 +220,7 @@ def test_label_teacher_teaches_the_dist_head_the_larger_part_of_each_mixed_image
     expected = 0.5 * F.cross_entropy(cls_logits, mixed_targets) + 0.5 * F.cross_entropy(dist_logits, dominant)
     torch.testing.assert_close(loss, expected)
 
-    _, output = method.training_step(student, batch, criterion, epoch=2)  # DRW without Mixup: the labels
+    _, output = method.training_step(student, batch, criterion, step_of(2))  # DRW without Mixup: the labels
     assert torch.equal(output.aux["teacher_logits"], F.one_hot(batch.targets, NUM_CLASSES).float())
     with pytest.raises(LongtailError, match="targets"):
         LabelTeacher(NUM_CLASSES)(batch.images)
@@ -245,14 +246,14 @@ def test_mixing_gives_smoothed_soft_targets_and_stops_at_drw_with_no_mixup_drw()
 
 def test_setup_refuses_a_distillation_loss_without_teacher_and_no_mixup_drw_without_drw():
     with pytest.raises(LongtailError, match="method.args.teacher"):
-        deit_lt().setup(torch.device("cpu"))
+        set_up_on_cpu(deit_lt())
     with pytest.raises(LongtailError, match="drw_epoch"):
-        deit_lt(loss="ce", drw_epoch=None, no_mixup_drw=True).setup(torch.device("cpu"))
+        set_up_on_cpu(deit_lt(loss="ce", drw_epoch=None, no_mixup_drw=True))
     with pytest.raises(LongtailError, match="teacher not found"):
         FrozenTeacher.from_checkpoint("/nonexistent/teacher-run", torch.device("cpu"), info())
     with pytest.raises(LongtailError, match="probability"):
         deit_lt(random_erasing=1.5)
-    deit_lt(loss="ce").setup(torch.device("cpu"))  # no teacher needed without distillation
+    set_up_on_cpu(deit_lt(loss="ce"))  # no teacher needed without distillation
 
 
 # ---------------------------------------------------------------- DRW on the DIST head only

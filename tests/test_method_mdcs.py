@@ -14,6 +14,7 @@ from longtail.data.batch import Batch
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.mdcs import MDCS, MDCSLoss
+from tiny import step_of
 
 COUNTS = [40, 25, 16, 10, 6, 4, 3, 2, 2, 1]
 EXPONENTS = [-0.5, 1.0, 2.5]
@@ -50,7 +51,7 @@ def test_one_forward_pass_over_weak_then_strong_rows():
     inputs = []
     model.register_forward_hook(lambda module, args, output: inputs.append(args[0]))
 
-    loss, output = method.training_step(model, batch, method.build_loss(method.config.loss), epoch=0)
+    loss, output = method.training_step(model, batch, method.build_loss(method.config.loss), step_of(0))
 
     assert len(inputs) == 1
     assert torch.equal(inputs[0], torch.cat([batch.images, batch.strong]))
@@ -71,7 +72,7 @@ def confident_targets(method: MDCS, model: torch.nn.Module, batch: Batch) -> Bat
 
 def logit_gradient(method: MDCS, model, batch: Batch, criterion: MDCSLoss) -> torch.Tensor:
     model.zero_grad()
-    loss, output = method.training_step(model, batch, criterion, epoch=30)
+    loss, output = method.training_step(model, batch, criterion, step_of(30))
     output.expert_logits.retain_grad()
     loss.backward()
     return output.expert_logits.grad
@@ -99,7 +100,7 @@ def test_training_uses_adjusted_logits_and_prediction_the_mean_of_raw_logits():
     model = method.build_model()
     batch = two_view_batch()
 
-    loss, output = method.training_step(model, batch, method.build_loss(method.config.loss), epoch=0)
+    loss, output = method.training_step(model, batch, method.build_loss(method.config.loss), step_of(0))
     adjusted = model.adjusted_expert_logits(output.expert_logits, COUNTS)
     both_targets = torch.cat([batch.targets, batch.targets])
     expected = sum(F.cross_entropy(adjusted[k], both_targets) for k in range(3))
@@ -139,7 +140,7 @@ def test_single_view_configs_and_batches_are_rejected():
     batch = two_view_batch()
     single = Batch(batch.images, batch.targets, batch.indices)
     with pytest.raises(LongtailError, match="two-view"):
-        method.training_step(method.build_model(), single, method.build_loss(method.config.loss), epoch=0)
+        method.training_step(method.build_model(), single, method.build_loss(method.config.loss), step_of(0))
 
 
 @pytest.mark.slow

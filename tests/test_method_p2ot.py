@@ -18,13 +18,14 @@ from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.p2ot import (
     P2OT,
-    LogitsBank,
     SwappedPredictionLoss,
     inat_subset_classes,
     swapped_prediction_loss,
     write_inat_subset_lists,
 )
+from longtail.models.label_free import LogitsBank
 from longtail.models.output import ModelOutput
+from tiny import step_of
 
 NUM_CLASSES = 4
 BASE = {
@@ -92,9 +93,8 @@ def test_each_sample_weighs_by_its_transported_mass():
 
 def test_loss_module_reads_stacked_views_and_logs_the_selection_score():
     loss_fn = SwappedPredictionLoss()
-    loss_fn.rho = 0.5
     logits, plans = torch.randn(6, 3), torch.rand(6, 3) / 3
-    loss = loss_fn(ModelOutput(logits=logits), plans)
+    loss = loss_fn(ModelOutput(logits=logits), plans, rho=0.5)
     assert torch.allclose(loss, swapped_prediction_loss(logits.view(2, 3, 3), plans.view(2, 3, 3)))
     assert torch.allclose(loss_fn.parts["normalized"], loss / 0.5)
     assert torch.allclose(loss_fn.parts["mass"], plans.sum(1).mean())
@@ -137,9 +137,9 @@ def test_training_step_solves_over_bank_plus_batch_and_then_pushes_view_one():
         return original(logits)
 
     method.solver.solve = recording
-    method.training_step(model, batch, criterion, epoch=0)
-    method.training_step(model, two_view_batch(torch.zeros(8, dtype=torch.int64), seed=2), criterion, epoch=0)
-    method.training_step(model, two_view_batch(torch.zeros(8, dtype=torch.int64), seed=3), criterion, epoch=0)
+    method.training_step(model, batch, criterion, step_of(0))
+    method.training_step(model, two_view_batch(torch.zeros(8, dtype=torch.int64), seed=2), criterion, step_of(0))
+    method.training_step(model, two_view_batch(torch.zeros(8, dtype=torch.int64), seed=3), criterion, step_of(0))
     assert sizes == [8, 8, 16, 16, 24, 24]  # the bank holds 2 batches
     assert model.memory.contents()[0].shape == (16, NUM_CLASSES)
     assert model.memory.contents()[1][-8:].tolist() == two_view_batch(batch.targets, seed=3).indices.tolist()
@@ -150,21 +150,15 @@ def test_training_step_solves_over_bank_plus_batch_and_then_pushes_view_one():
 
 def test_rho_ramps_from_rho_start_to_rho_end():
     method = make_method("method.args.rho_ramp=linear")
-    assert method.steps_per_epoch() == 4  # 32 images, batches of 8
-    values = []
-    for epoch in range(3):
-        for _ in range(4):
-            values.append(method.rho(epoch))
-            method._step_in_epoch += 1
+    values = [method.rho(step_of(epoch, 3, step, 4)) for epoch in range(3) for step in range(4)]
     assert values[0] == pytest.approx(0.1)
     assert values == pytest.approx([0.1 + 0.9 * t / 12 for t in range(12)])
 
     sigmoid = make_method()
-    assert sigmoid.rho(0) == pytest.approx(0.1 + 0.9 * math.exp(-5.0))
+    assert sigmoid.rho(step_of(0, 3)) == pytest.approx(0.1 + 0.9 * math.exp(-5.0))
     by_epoch = make_method("method.args.ramp_unit=epoch")
-    assert [by_epoch.rho(epoch) for epoch in range(3)] == pytest.approx(
+    assert [by_epoch.rho(step_of(epoch, 3, 3, 4)) for epoch in range(3)] == pytest.approx(
         [0.1 + 0.9 * math.exp(-5 * (1 - t) ** 2) for t in (0.0, 0.5, 1.0)])
-    assert by_epoch.rho(2) == pytest.approx(1.0)
 
 
 def test_the_plans_carry_mass_rho_over_bank_and_batch():
@@ -202,7 +196,7 @@ def test_labels_never_reach_the_loss():
         method = make_method()
         model = method.build_model()
         criterion = method.build_loss(method.config.loss)
-        step_losses = [method.training_step(model, two_view_batch(targets, seed=seed), criterion, 0)[0].item()
+        step_losses = [method.training_step(model, two_view_batch(targets, seed=seed), criterion, step_of(0))[0].item()
                        for seed in (1, 2)]
         losses.append(step_losses)
     assert losses[0] == losses[1] == losses[2]

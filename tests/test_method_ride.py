@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny import TINY_DIGITS_DATA
+from tiny import TINY_DIGITS_DATA, set_up_on_cpu, step_of
 from torch.utils.flop_counter import FlopCounterMode
 
 import longtail.models
@@ -28,13 +28,13 @@ from longtail.methods.base import Stage, create_method
 from longtail.methods.ride import (
     RIDE,
     ComputeCost,
-    ExpertRouter,
     measure_compute,
     router_help_targets,
     router_loss,
     router_scores,
 )
 from longtail.methods.runs import CHECKPOINT, load_checkpoint
+from longtail.models.multi_expert import ExpertRouter
 from longtail.models.output import ModelOutput
 
 ROUTER_STAGE = {
@@ -271,7 +271,7 @@ def test_distillation_teacher_gets_no_gradient_and_stays_in_eval_mode(tmp_path):
     config = tiny_config("loss.name=ride_distill", f"method.args.teacher={teacher_dir}")
     method = create_method(config, Info(10))
     model = method.build_model()
-    method.setup(torch.device("cpu"))
+    set_up_on_cpu(method)
     method.prepare_stage(method.stages()[0], model)
     model.train()
     teacher = method.teacher
@@ -279,7 +279,7 @@ def test_distillation_teacher_gets_no_gradient_and_stays_in_eval_mode(tmp_path):
 
     batch = Batch(torch.randn(8, 3, 8, 8), torch.arange(8) % 10)
     criterion = method.build_loss(method.stages()[0].loss)
-    loss, output = method.training_step(model, batch, criterion, epoch=0)
+    loss, output = method.training_step(model, batch, criterion, step_of(0))
     loss.backward()
     with torch.no_grad():
         torch.testing.assert_close(output.aux["teacher_logits"], teacher(batch.images).logits)
@@ -343,11 +343,11 @@ def test_teacher_mode_chooses_running_or_batch_statistics(monkeypatch, teacher_m
                          f"method.args.teacher_mode={teacher_mode}")
     method = create_method(config, Info(10))
     model = method.build_model().train()
-    method.setup(torch.device("cpu"))
+    set_up_on_cpu(method)
     assert method.teacher.training == (teacher_mode == "train")
     images = torch.randn(8, 3, 8, 8) * 3 + 1  # far from the fresh running statistics (0, 1)
     batch = Batch(images, torch.arange(8) % 10)
-    _, output = method.training_step(model, batch, method.build_loss(config.loss), epoch=0)
+    _, output = method.training_step(model, batch, method.build_loss(config.loss), step_of(0))
     reference = copy.deepcopy(teacher_model).train(teacher_mode == "train")
     with torch.no_grad():
         torch.testing.assert_close(output.aux["teacher_logits"], reference(images).logits)

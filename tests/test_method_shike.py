@@ -15,6 +15,7 @@ from longtail.engine.trainer import frozen_modules
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.shike import SHIKE
+from tiny import step_of
 
 COUNTS = [40, 25, 16, 10, 6, 4, 3, 2, 2, 1]
 BASE = {
@@ -71,7 +72,7 @@ def run_stage(method: SHIKE, model: torch.nn.Module, stage_index: int, steps: in
     criterion = method.build_loss(stage.loss)
     for step in range(steps):
         optimizer.zero_grad()
-        loss, _ = method.training_step(model, batch(seed=step), criterion, epoch=0)
+        loss, _ = method.training_step(model, batch(seed=step), criterion, step_of(0))
         loss.backward()
         optimizer.step()
 
@@ -163,7 +164,7 @@ def test_dkf_output_shapes_in_the_training_step():
     model = method.build_model()
     stage = method.stages()[0]
     method.prepare_stage(stage, model)
-    loss, output = method.training_step(model, batch(size=6), method.build_loss(stage.loss), epoch=0)
+    loss, output = method.training_step(model, batch(size=6), method.build_loss(stage.loss), step_of(0))
     assert output.expert_logits.shape == (3, 6, len(COUNTS))
     assert output.expert_features.shape == (3, 6, 64)
     assert output.logits.shape == (6, len(COUNTS))
@@ -204,7 +205,7 @@ def stage2_step(method: SHIKE, model: torch.nn.Module, lr: float, weight_decay: 
     groups = method.param_groups(stage, model, params)
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
     optimizer.zero_grad(set_to_none=True)
-    loss, _ = method.training_step(model, batch(), method.build_loss(stage.loss), epoch=0)
+    loss, _ = method.training_step(model, batch(), method.build_loss(stage.loss), step_of(0))
     loss.backward()
     optimizer.step()
 

@@ -17,8 +17,10 @@ from longtail.config import apply_overrides, from_dict, parse_overrides, resolve
 from longtail.data.batch import Batch
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
+from longtail.methods.context import RunContext
 from longtail.methods.simclr import NTXentLoss, SimCLR, nt_xent
 from longtail.models.output import ModelOutput
+from tiny import step_of
 
 NUM_CLASSES = 4
 BASE = {
@@ -110,7 +112,7 @@ def test_labels_never_reach_the_loss():
         method = make_method()
         model = method.build_model()
         criterion = method.build_loss(method.config.loss)
-        losses.append([method.training_step(model, two_view_batch(targets, seed), criterion, 0)[0].item()
+        losses.append([method.training_step(model, two_view_batch(targets, seed), criterion, step_of(0))[0].item()
                        for seed in (1, 2)])
     assert losses[0] == losses[1] == losses[2]
 
@@ -141,7 +143,7 @@ def test_one_view_batches_are_refused():
     method = make_method()
     with pytest.raises(LongtailError, match="two_views=true"):
         method.training_step(method.build_model(), Batch(torch.randn(8, 3, 8, 8), torch.zeros(8), torch.arange(8)),
-                             method.build_loss(method.config.loss), 0)
+                             method.build_loss(method.config.loss), step_of(0))
 
 
 # ---------------------------------------------------------------------------------------------- the k-NN monitor
@@ -150,11 +152,12 @@ def test_one_view_batches_are_refused():
 def test_knn_monitor_predicts_training_images_by_their_own_label_and_refits_after_training():
     from longtail.engine.distributed import DistContext
     from longtail.engine.evaluate import Evaluator
-    from longtail.methods.runs import create_datasets_for
+    from longtail.methods.context import create_datasets_for
 
     config = resolve("simclr-cifar10-lt-if100", [*TINY_SIMCLR, "method.args.knn_k=1"])
     splits = create_datasets_for(config)
     method = create_method(config, splits.info)
+    method.attach(RunContext(config, torch.device("cpu"), splits))
     model = method.build_model()
     evaluator = Evaluator(config, method, splits.info, torch.device("cpu"), DistContext())
     heads, targets = evaluator.predictions(model, splits.train)
@@ -163,7 +166,7 @@ def test_knn_monitor_predicts_training_images_by_their_own_label_and_refits_afte
     evaluator.predictions(model, splits.val)
     assert method._knn is fitted
     method.training_step(model, two_view_batch(torch.zeros(8, dtype=torch.int64)),
-                         method.build_loss(config.loss), 0)
+                         method.build_loss(config.loss), step_of(0))
     evaluator.predictions(model, splits.val)
     assert method._knn is not fitted
 
@@ -175,7 +178,7 @@ def test_knn_monitor_predicts_training_images_by_their_own_label_and_refits_afte
 def test_simclr_trains_through_the_trainer_and_exports_clusterable_features(tmp_path):
     from longtail.engine.trainer import train
     from longtail.methods.runs import load_trained_model
-    from longtail.methods.runs import create_datasets_for
+    from longtail.methods.context import create_datasets_for
 
     config = resolve("simclr-cifar10-lt-if100", TINY_SIMCLR)
     summary = train(config, tmp_path / "run")

@@ -33,10 +33,10 @@ def interrupt_in_epoch(monkeypatch, epoch: int) -> None:
     """Make the first training step of ``epoch`` (counted from 0) raise KeyboardInterrupt, as Ctrl-C does."""
     original = ERM.training_step
 
-    def training_step(self, model, batch, criterion, current_epoch):
-        if current_epoch == epoch:
+    def training_step(self, model, batch, criterion, step):
+        if step.epoch == epoch:
             raise KeyboardInterrupt
-        return original(self, model, batch, criterion, current_epoch)
+        return original(self, model, batch, criterion, step)
 
     monkeypatch.setattr(ERM, "training_step", training_step)
 

@@ -5,6 +5,8 @@ legitimately differ between them)."""
 import torch
 from torch import nn
 
+from longtail.methods.base import Method
+from longtail.methods.context import RunContext, StepInfo
 from longtail.models.base import SingleHeadNetwork
 from longtail.models.registry import MODELS, register_model
 
@@ -33,3 +35,14 @@ class TinyMLP(SingleHeadNetwork):
 
 if TINY_MLP not in MODELS:
     register_model(TINY_MLP)(TinyMLP)
+
+
+def set_up_on_cpu(method: Method) -> Method:
+    """``method.setup`` as the trainer calls it, on the CPU, with the splits built from its config if used."""
+    method.setup(RunContext(method.config, torch.device("cpu")))
+    return method
+
+
+def step_of(epoch: int, stage_epochs: int | None = None, step: int = 0, steps_per_epoch: int = 1) -> StepInfo:
+    """The ``StepInfo`` of a training step at 0-based ``epoch`` (the stage's last epoch unless told)."""
+    return StepInfo(epoch, epoch + 1 if stage_epochs is None else stage_epochs, step, steps_per_epoch)

@@ -125,6 +125,7 @@ def cluster_run(
     from longtail.engine.run_files import CLUSTERING
     from longtail.engine.trainer import resolve_device
     from longtail.methods import runs
+    from longtail.methods.context import create_datasets_for
 
     run_dir = Path(run_dir)
     state = runs.load_checkpoint(run_dir)
@@ -133,7 +134,7 @@ def cluster_run(
                             f"{run_dir} --resume`.")
     config = from_dict(apply_overrides(state["config"], parse_overrides(list(overrides))))
     device = torch.device(device) if device is not None else resolve_device(config.train.device)
-    test = runs.create_datasets_for(config).test
+    test = create_datasets_for(config).test
     candidates = {"last": run_dir / runs.CHECKPOINT, "best": run_dir / runs.BEST}
     results: dict[str, dict[str, Any]] = {}
     for which, path in candidates.items():

@@ -38,13 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from longtail.engine.evaluate import Evaluator, format_table, table_rows, write_split_report
     from longtail.engine.trainer import resolve_device
     from longtail.methods import runs
+    from longtail.methods.context import create_datasets_for
 
     weights = _weights(args.path)
     state = runs.load_checkpoint(next(iter(weights.values())))
     overrides = checked_overrides("eval", args.overrides, ALLOWED_PREFIXES)
     config = from_dict(apply_overrides(state["config"], parse_overrides(overrides)))
     device = resolve_device(config.train.device)
-    splits = runs.create_datasets_for(config)
+    splits = create_datasets_for(config)
     rows = {}
     for which, path in weights.items():
         trained = runs.load_trained_model(path, device, config)

@@ -72,7 +72,7 @@ def export_features(checkpoint: Path, out: Path, split: str, overrides: list[str
     from longtail.engine.evaluate import Evaluator
     from longtail.engine.trainer import resolve_device
     from longtail.methods.runs import load_trained_model
-    from longtail.methods.runs import create_datasets_for
+    from longtail.methods.context import create_datasets_for
 
     device = resolve_device("auto")
     trained = load_trained_model(checkpoint, device)

@@ -23,6 +23,8 @@ from longtail.errors import LongtailError
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[int]
 UNMATCHED = -1
+# What a clustering run reports for each head (``P2OT.extra_metrics`` as ``cluster_<name>``).
+CLUSTER_METRICS = ("acc", "mean_class_acc", "nmi", "ari", "macro_f1", "head", "medium", "tail")
 
 
 def _labels(values: ArrayLike, name: str) -> np.ndarray:
@@ -106,3 +108,12 @@ def clustering_metrics(clusters: ArrayLike, targets: ArrayLike, train_counts: Se
     metrics["per_class"] = per_class
     metrics["mapping"] = mapping
     return metrics
+
+
+def confusion_cluster_metrics(confusion: np.ndarray, train_counts: Sequence[int]) -> dict[str, float]:
+    """``CLUSTER_METRICS`` of the predictions summarised by ``confusion`` (rows: class, columns: cluster)."""
+    classes, clusters = np.nonzero(confusion)
+    counts = confusion[classes, clusters]
+    found = clustering_metrics(np.repeat(clusters, counts), np.repeat(classes, counts), train_counts,
+                               confusion.shape[0])
+    return {key: found[key] for key in CLUSTER_METRICS}

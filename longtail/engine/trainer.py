@@ -66,7 +66,8 @@ from longtail.errors import LongtailError
 from longtail.evaluation.metrics import evaluate
 from longtail.methods import runs
 from longtail.methods.base import Method, Stage, create_method
-from longtail.methods.runs import create_datasets_for
+from longtail.methods.context import RunContext, StepInfo, create_datasets_for
+from longtail.models.base import Network
 
 STAGE_SEED_STREAM = 1_000_003  # separates the seeds of stage set-up from those of epochs
 VALIDATION_METRIC = "val_top1"
@@ -145,6 +146,7 @@ class StageRun:
     criterion: nn.Module
     loader: Any
     step_model: nn.Module
+    steps_per_epoch: int  # optimiser steps
     ema: Any = None
     sam: SAM | None = None
 
@@ -154,10 +156,10 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         device = resolve_device(config.train.device)
-        self.context = init_distributed(device.type)
+        self.distributed = init_distributed(device.type)
         if device.type == "cuda":
-            if self.context.enabled:
-                device = torch.device("cuda", self.context.local_rank)
+            if self.distributed.enabled:
+                device = torch.device("cuda", self.distributed.local_rank)
             elif device.index is None:
                 device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(device)
@@ -171,26 +173,28 @@ class Trainer:
         self.splits = create_datasets_for(config)
         self.info = self.splits.info
         self.method: Method = create_method(config, self.info)
-        self.model = self.method.build_model().to(self.device)
+        self.model = checked_network(self.method.build_model(), config).to(self.device)
         if config.model.init_checkpoint is not None:
             self._load_initial_weights(config.model.init_checkpoint)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.method.setup(self.device)
+        self.method.setup(
+            RunContext(config, self.device, self.splits, rank=self.distributed.rank, world_size=self.distributed.world_size)
+        )
         self.stages = self.method.stages()
         self._check_stages()
-        self.evaluator = Evaluator(config, self.method, self.info, self.device, self.context)
+        self.evaluator = Evaluator(config, self.method, self.info, self.device, self.distributed)
         self.ema: Any = None
         self.best: dict[str, Any] = no_best()
-        self.log = RunLog(run_dir, enabled=self.context.is_main)
-        if self.context.is_main:
+        self.log = RunLog(run_dir, enabled=self.distributed.is_main)
+        if self.distributed.is_main:
             dump(config, run_dir / CONFIG)
 
     # ------------------------------------------------------------------ set-up
 
     def _load_initial_weights(self, path: str) -> None:
         fresh = ckpt.load_initial_weights(self.model, path)
-        if fresh and self.context.is_main:
+        if fresh and self.distributed.is_main:
             shown = ", ".join(fresh[:6]) + (f" and {len(fresh) - 6} more" if len(fresh) > 6 else "")
             tqdm.write(f"model.init_checkpoint: {path} has no matching weights for {shown}; they start fresh.")
 
@@ -240,12 +244,12 @@ class Trainer:
         return state
 
     def _make_run_dir(self, clear: bool) -> None:
-        barrier(self.context)
-        if self.context.is_main:
+        barrier(self.distributed)
+        if self.distributed.is_main:
             if clear:
                 remove_run_outputs(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        barrier(self.context)
+        barrier(self.distributed)
 
     def _set_determinism(self) -> None:
         deterministic = self.config.train.deterministic
@@ -257,10 +261,10 @@ class Trainer:
     def _check_stages(self) -> None:
         for index, stage in enumerate(self.stages):
             check_schedule(stage.schedule, f"stage {index} ('{stage.name}')")
-            if stage.batch_size % self.context.world_size:
+            if stage.batch_size % self.distributed.world_size:
                 raise LongtailError(
                     f"The batch size {stage.batch_size} of stage '{stage.name}' does not divide among "
-                    f"{self.context.world_size} processes; make it a multiple of the process count."
+                    f"{self.distributed.world_size} processes; make it a multiple of the process count."
                 )
 
     def _train_loader(self, stage: Stage) -> Any:
@@ -270,7 +274,7 @@ class Trainer:
         data = self.config.data
         return create_loader(
             self.splits.train,
-            batch_size=stage.batch_size // self.context.world_size,
+            batch_size=stage.batch_size // self.distributed.world_size,
             train=True,
             augment=spec(data.augment),
             strong_augment=spec(data.strong_augment),
@@ -278,8 +282,8 @@ class Trainer:
             sampler=stage.sampler,
             seed=self.config.train.seed,
             device=self.device,
-            rank=self.context.rank,
-            world_size=self.context.world_size,
+            rank=self.distributed.rank,
+            world_size=self.distributed.world_size,
             num_workers=data.num_workers,
             epochs=stage.epochs,
             channels_last=self.config.train.channels_last,
@@ -317,11 +321,9 @@ class Trainer:
         run = self._build_stage(stage, resume)
         for epoch in range(first_epoch, stage.epochs):
             global_epoch = offset + epoch
-            seed_everything(derived_seed(self.config.train.seed, global_epoch, self.context.rank))
+            seed_everything(derived_seed(self.config.train.seed, global_epoch, self.distributed.rank))
             run.loader.set_epoch(global_epoch)
-            run.criterion.set_epoch(epoch)
-            if hasattr(self.model, "set_epoch"):
-                self.model.set_epoch(epoch)
+            self.method.start_epoch(self.model, run.criterion, epoch)
             record = {"stage": stage.name, "epoch": global_epoch + 1, "stage_epoch": epoch + 1}
             record.update(self._train_epoch(run, epoch, global_epoch))
             if self._should_validate(epoch, stage):
@@ -360,6 +362,7 @@ class Trainer:
             criterion=self.method.build_loss(stage.loss).to(self.device),
             loader=loader,
             step_model=self._wrap(self.model),
+            steps_per_epoch=steps_per_epoch,
             ema=self.ema,
             sam=SAM(params, stage.optim.sam_rho) if stage.optim.sam_rho > 0 else None,
         )
@@ -387,7 +390,7 @@ class Trainer:
         return ModelEmaV3(self.model, decay=self.config.train.ema_decay)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
-        if self.context.enabled:
+        if self.distributed.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         if self.config.train.compile:
@@ -410,7 +413,7 @@ class Trainer:
             run.loader,
             total=steps,
             desc=f"{run.stage.name} {epoch + 1}/{run.stage.epochs}",
-            disable=not (settings.progress and self.context.is_main),
+            disable=not (settings.progress and self.distributed.is_main),
             leave=False,
             dynamic_ncols=True,
         )
@@ -423,10 +426,11 @@ class Trainer:
             last = step + 1 == group_start + group_size
             if run.sam is not None:
                 group.append(batch)
+            info = StepInfo(epoch, run.stage.epochs, step // accumulate, run.steps_per_epoch)
             try:
-                value = self._accumulate(run, batch, epoch, step == group_start, group_size, last)
+                value = self._accumulate(run, batch, info, step == group_start, group_size, last)
                 if last:
-                    self._optimisation_step(run, group, epoch)
+                    self._optimisation_step(run, group, info)
                     group = []
             except NonFiniteLoss as error:
                 raise LongtailError(
@@ -439,7 +443,7 @@ class Trainer:
             for name, part in getattr(run.criterion, "parts", {}).items():
                 part_sums[name] = part_sums.get(name, 0.0) + part.detach().double().cpu() * len(batch)
             lr = run.optimizer.param_groups[0]["lr"]
-            rate = seen * self.context.world_size / max(time.perf_counter() - started, 1e-9)
+            rate = seen * self.distributed.world_size / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", refresh=False)
             if step % settings.log_every == 0:
                 self.log.scalars({"train/loss": value, "train/lr": lr}, global_epoch * steps + step)
@@ -447,27 +451,27 @@ class Trainer:
         elapsed = time.perf_counter() - started
         names = sorted(part_sums)
         sums = torch.stack([loss_sum, *(part_sums[name] for name in names), torch.tensor(float(seen), dtype=torch.float64)])
-        totals = all_reduce_sum(sums.to(self.device), self.context).cpu()
+        totals = all_reduce_sum(sums.to(self.device), self.distributed).cpu()
         stats = {"loss": (totals[0] / totals[-1]).item()}
         stats.update({f"loss_{name}": (totals[1 + i] / totals[-1]).item() for i, name in enumerate(names)})
         stats.update(lr=run.optimizer.param_groups[0]["lr"], images_per_s=totals[-1].item() / elapsed, epoch_s=elapsed)
         return stats
 
-    def _accumulate(self, run: StageRun, batch: Any, epoch: int, first: bool, group_size: int, last: bool) -> float:
+    def _accumulate(self, run: StageRun, batch: Any, info: StepInfo, first: bool, group_size: int, last: bool) -> float:
         """Add one micro-batch's gradient (of its loss / ``group_size``) to its group's, starting from zero when
         ``first``, all-reducing under DDP when ``last``; returns the loss value, refusing a non-finite one."""
         if first:
             run.optimizer.zero_grad(set_to_none=True)
         with gradient_sync(run.step_model, last):
             with self._autocast():
-                loss, _ = self.method.training_step(run.step_model, batch, run.criterion, epoch)
+                loss, _ = self.method.training_step(run.step_model, batch, run.criterion, info)
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLoss(value)
             run.scaler.scale(loss / group_size).backward()
         return value
 
-    def _optimisation_step(self, run: StageRun, group: list[Any], epoch: int) -> None:
+    def _optimisation_step(self, run: StageRun, group: list[Any], info: StepInfo) -> None:
         """One update with the accumulated gradient; SAM first recomputes it at the perturbed weights from the
         ``group`` of micro-batches."""
         optimizer, scaler = run.optimizer, run.scaler
@@ -477,7 +481,7 @@ class Trainer:
             for index, batch in enumerate(group):
                 with gradient_sync(run.step_model, index + 1 == len(group)):
                     with frozen_batchnorm_stats(self.model), self._autocast():
-                        perturbed_loss, _ = self.method.training_step(run.step_model, batch, run.criterion, epoch)
+                        perturbed_loss, _ = self.method.training_step(run.step_model, batch, run.criterion, info)
                     (perturbed_loss / len(group)).backward()
             run.sam.restore()
         if run.stage.optim.clip_grad is not None:
@@ -517,7 +521,7 @@ class Trainer:
             return
         if self.best["metric"] is None or score > self.best["metric"]:
             self.best = {"metric": score, "name": name, "epoch": global_epoch + 1, "stage": stage_index}
-            if self.context.is_main:
+            if self.distributed.is_main:
                 model_state = self._eval_model().state_dict()
                 ckpt.save_atomic(self._state(stage_index, model_state), self.run_dir / runs.BEST)
 
@@ -533,7 +537,7 @@ class Trainer:
 
     def _save_checkpoint(self, stage: int, epoch: int, run: StageRun | None, finished: bool = False) -> None:
         """``checkpoint.pt`` after ``epoch`` epochs of ``stage``; ``run`` None keeps the training state."""
-        if self.context.is_main:
+        if self.distributed.is_main:
             path = self.run_dir / runs.CHECKPOINT
             extra: dict[str, Any] = {"epoch": epoch, "finished": finished}
             if run is not None:
@@ -547,13 +551,13 @@ class Trainer:
                 previous = runs.load_checkpoint(path)
                 extra.update({key: previous.get(key) for key in ("optimizer", "scheduler", "scaler", "ema")})
             ckpt.save_atomic(self._state(stage, self.model.state_dict(), **extra), path)
-        barrier(self.context)
+        barrier(self.distributed)
 
     # ------------------------------------------------------------------ final report
 
     def _final_report(self) -> dict[str, Any]:
         candidates = {"last": self._eval_model()}
-        barrier(self.context)
+        barrier(self.distributed)
         if (self.run_dir / runs.BEST).is_file():
             candidates["best"] = runs.load_trained_model(self.run_dir / runs.BEST, self.device).model
         epochs = {"last": sum(stage.epochs for stage in self.stages), "best": self.best["epoch"]}
@@ -571,18 +575,30 @@ class Trainer:
                 results = self.evaluator.evaluate(model, dataset)
                 rows.update(table_rows(f"{which} {split}", results))
                 summary[f"{which}_{split}"] = summarize(results)
-                if self.context.is_main:
+                if self.distributed.is_main:
                     extra = {"weights": which, "split": split, "epoch": epochs[which], "dataset": self.info.name}
                     folder = self.run_dir / REPORT_DIR / f"{which}_{split}"
                     plots[f"{which} {split}"] = str(write_split_report(folder, results, self.info, extra))
         summary.update(table=format_table(rows), plots=plots, expected=self.config.expected)
-        if self.context.is_main:
+        if self.distributed.is_main:
             (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
         return summary
 
     def close(self) -> None:
         self.log.close()
-        shutdown_distributed(self.context)
+        shutdown_distributed(self.distributed)
+
+
+def checked_network(model: nn.Module, config: RunConfig) -> Network:
+    """The method's model, refused with the fix when it is not a ``Network``: the trainer and the methods use
+    ``head_modules``, ``replace_heads``, ``forward_features`` and ``set_epoch``."""
+    if not isinstance(model, Network):
+        raise LongtailError(
+            f"Model '{config.model.name}' of method '{config.method.name}' is a {type(model).__name__}, not a "
+            "longtail.models.base.Network: subclass Network (or SingleHeadNetwork, for one head) and implement "
+            "forward_features and head_modules."
+        )
+    return model
 
 
 def no_best() -> dict[str, Any]:

@@ -7,27 +7,33 @@ only what differs, and registers it by name with ``@register_method('name')``. A
 
 What the trainer calls, in order:
 
-1. ``Method(config, info, **method.args)``, ``build_model()``, then ``setup(device)`` once (load a teacher).
+1. ``Method(config, info, **method.args)``, ``build_model()``, then ``setup(context)`` once with the run's
+   ``RunContext`` (``longtail.methods.context``: config, device, rank and process count, the dataset splits,
+   ``training_features(network)``), kept as ``self.context``; a method overrides it to load a teacher (calling
+   ``super().setup(context)``). ``load_trained_model`` attaches a context for evaluation without ``setup``.
 2. For each stage of ``stages()``: ``prepare_stage(stage, model)`` (re-initialise heads, add modules: it is
    replayed for every earlier stage when a run is resumed or a checkpoint is loaded, so what it adds to the
    model must depend only on the stage), ``trainable_parameters(stage, model)`` (everything else is frozen
    and put in eval mode), ``param_groups(stage, model, params)``, ``build_loss(stage.loss)``.
-3. Every step: ``training_step(model, batch, criterion, epoch) -> (loss, output)``; ``epoch`` is 0-based
-   within the stage, ``model`` may be wrapped by DDP / torch.compile (use ``unwrap(model)`` to reach
+3. Before each epoch: ``start_epoch(model, criterion, epoch)`` (0-based within the stage); by default it gives
+   the epoch to the loss (DRW) and to the model (``Network.set_epoch``, e.g. MetaFG's meta masking).
+4. Every step: ``training_step(model, batch, criterion, step) -> (loss, output)``; ``step`` is a ``StepInfo``
+   (the 0-based epoch within the stage, the optimiser step within the epoch, their counts, the progress
+   through the stage), ``model`` may be wrapped by DDP / torch.compile (use ``unwrap(model)`` to reach
    attributes such as ``head_modules()``), the call runs under autocast.
-4. Evaluation: ``predict(model, images[, meta]) -> ModelOutput`` (no grad, eval mode; ``meta`` only when the
+5. Evaluation: ``predict(model, images[, meta]) -> ModelOutput`` (no grad, eval mode; ``meta`` only when the
    batch has meta-information). Reports score
    ``output.logits`` and, beside it, every expert of ``output.expert_logits`` and every (B, C) entry
    ``aux['<name>_logits']`` (``longtail.evaluation.metrics.output_heads``), e.g. DeiT's CLS and DIST heads.
    ``extra_metrics(metrics)`` adds method-specific numbers to each head's metrics (e.g. DeiT-LT's
    Head / Mid / Tail accuracies). Every (B,) entry ``aux['<name>_per_image']`` (RIDE's ``experts_per_image``)
    is averaged over the split and reported beside the main head's metrics as ``<name>``.
-5. Selection: after each epoch, ``selection_score(record)`` of the epoch's log record (train loss and its
+6. Selection: after each epoch, ``selection_score(record)`` of the epoch's log record (train loss and its
    parts as ``loss_<part>``, validation metrics as ``val_<metric>`` when validated) chooses ``best.pt``
    within the last stage, higher is better; None (the default) selects by validation top-1.
 
 Models whose ``forward`` takes ``meta`` (MetaFG) get ``meta=batch.meta`` in the default ``training_step``
-and ``predict``; the trainer calls ``model.set_epoch(epoch)`` before each epoch when the model has it.
+and ``predict``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import longtail.losses
 import longtail.models
 from longtail.config import LossConfig, OptimConfig, RunConfig, ScheduleConfig, stage_optim, stage_schedule
 from longtail.errors import LongtailError, unknown_name_error
+from longtail.methods.context import RunContext, StepInfo
 from longtail.models.output import ModelOutput
 from longtail.registry import Registry, check_options
 
@@ -83,6 +90,21 @@ class Method:
     def __init__(self, config: RunConfig, info: Any) -> None:
         self.config = config
         self.info = info
+        self._context: RunContext | None = None
+
+    @property
+    def context(self) -> RunContext:
+        """The run this method takes part in (``setup``, or ``attach`` for evaluation)."""
+        if self._context is None:
+            raise LongtailError(
+                f"Method '{self.config.method.name}' has no run context yet: the trainer gives it one in setup(), "
+                "load_trained_model() for evaluation; call method.attach(RunContext(config, device)) first."
+            )
+        return self._context
+
+    def attach(self, context: RunContext) -> None:
+        """Give the method its run context without training set-up (evaluation of a saved run)."""
+        self._context = context
 
     def build_model(self) -> nn.Module:
         model = self.config.model
@@ -125,8 +147,10 @@ class Method:
         ]
         return [main, *extra]
 
-    def setup(self, device: torch.device) -> None:
-        """Once, after the model is built: load what the method needs besides the model (e.g. a teacher)."""
+    def setup(self, context: RunContext) -> None:
+        """Once, after the model is built: keep the run context; an override loads what the method needs
+        besides the model (e.g. a teacher) after calling this."""
+        self.attach(context)
 
     def prepare_stage(self, stage: Stage, model: nn.Module) -> None:
         if stage.reinit_head:
@@ -149,8 +173,14 @@ class Method:
         groups = [{"params": head}, {"params": backbone, "lr_scale": stage.optim.backbone_lr_scale}]
         return [group for group in groups if group["params"]]
 
+    def start_epoch(self, model: nn.Module, criterion: nn.Module, epoch: int) -> None:
+        """Before each epoch of a stage (0-based within it): the loss's deferred re-weighting and the model's
+        schedule (``Network.set_epoch``) follow the epoch."""
+        criterion.set_epoch(epoch)
+        unwrap(model).set_epoch(epoch)
+
     def training_step(
-        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+        self, model: nn.Module, batch: Any, criterion: nn.Module, step: StepInfo
     ) -> tuple[torch.Tensor, ModelOutput]:
         output = self.forward(model, batch.images, batch.meta)
         return criterion(output, batch.targets), output

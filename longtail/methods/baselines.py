@@ -33,6 +33,7 @@ from torch import nn
 from longtail.config import RunConfig
 from longtail.errors import LongtailError
 from longtail.methods.base import Method, register_method, unwrap
+from longtail.methods.context import RunContext, StepInfo
 from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing
 from longtail.models.heads import tau_normalize
 from longtail.models.output import ModelOutput
@@ -73,8 +74,9 @@ class ERM(Method):
         self.random_erasing_prob = random_erasing
         self.random_erasing: RandomErasing | None = None
 
-    def setup(self, device: torch.device) -> None:
-        self.random_erasing = pixel_random_erasing(self.random_erasing_prob, device)
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        self.random_erasing = pixel_random_erasing(self.random_erasing_prob, context.device)
 
     def augment(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Random erasing, then Mixup / CutMix into (B, C) soft targets; the batch itself is left untouched."""
@@ -83,7 +85,7 @@ class ERM(Method):
         return erase_and_mix(images, targets, self.random_erasing, self.mixup)
 
     def training_step(
-        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+        self, model: nn.Module, batch: Any, criterion: nn.Module, step: StepInfo
     ) -> tuple[torch.Tensor, ModelOutput]:
         images, targets = self.augment(batch.images, batch.targets)
         output = self.forward(model, images, batch.meta)

@@ -98,6 +98,7 @@ from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss, loss_dtype
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, register_method
+from longtail.methods.context import RunContext, StepInfo
 from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing
 from longtail.methods.runs import load_trained_model
 from longtail.models.output import ModelOutput
@@ -411,9 +412,11 @@ class DeiTLT(Method):
         self.teacher: FrozenTeacher | LabelTeacher | None = None
         self.random_erasing: RandomErasing | None = None
 
-    def setup(self, device: torch.device) -> None:
+    def setup(self, context: RunContext) -> None:
         """Load the teacher from ``teacher`` (unless one was attached to ``self.teacher`` already) and build
-        random erasing on ``device``."""
+        random erasing on the run's device."""
+        super().setup(context)
+        device = context.device
         if self.teacher is None and self.teacher_path == LABEL_TEACHER:
             self.teacher = LabelTeacher(self.info.num_classes)
         elif self.teacher is None and self.teacher_path is not None:
@@ -447,9 +450,9 @@ class DeiTLT(Method):
         return erase_and_mix(images, targets, self.random_erasing, self.mixup if mix else None)
 
     def training_step(
-        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+        self, model: nn.Module, batch: Any, criterion: nn.Module, step: StepInfo
     ) -> tuple[Tensor, ModelOutput]:
-        images, targets = self.augment(batch.images, batch.targets, self.mixing(criterion, epoch))
+        images, targets = self.augment(batch.images, batch.targets, self.mixing(criterion, step.epoch))
         output = model(images)
         if self.teacher is not None:
             output.aux["teacher_logits"] = self.teacher(images, targets)

@@ -72,6 +72,7 @@ from longtail.losses.base import LongtailLoss, require_class_targets
 from longtail.losses.experts import expert_cross_entropy, in_float32, require_expert_logits
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, both_views, register_method
+from longtail.methods.context import StepInfo
 from longtail.models.output import ModelOutput
 
 LogPrior = Literal["exact", "official"]
@@ -231,7 +232,7 @@ class MDCS(Method):
         super().__init__(with_expert_exponents(config, self.expert_exponents), info)
 
     def training_step(
-        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+        self, model: nn.Module, batch: Any, criterion: nn.Module, step: StepInfo
     ) -> tuple[Tensor, ModelOutput]:
         output = model(both_views(batch, self.config.method.name))
         return criterion(in_float32(output), batch.targets), output

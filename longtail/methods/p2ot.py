@@ -49,7 +49,8 @@ validation split may exist (``data.val_per_class=0``). The epoch is selected wit
 as ``loss_normalized``) is kept as ``best.pt`` (``selection_score`` = -loss_normalized), and the trainer's
 report and ``longtail cluster`` evaluate it beside the last weights. Prediction: cluster id = argmax of the
 head's logits; ``extra_metrics`` adds the clustering metrics (``cluster_acc``, ``cluster_nmi``, ... of
-``CLUSTER_METRICS``) to every head of the trainer's report, computed from its confusion matrix.
+``longtail.clustering.metrics.CLUSTER_METRICS``) to every head of the trainer's report, computed from its
+confusion matrix.
 
 Differences from the official code: the bank starts empty and fills during the first ``bank_batches``
 steps (the official code fills it with a forward pass before training); it keeps view-1 logits (the official
@@ -61,7 +62,6 @@ subsets: :func:`inat_subset_classes` reproduces the official recursive stride se
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,12 +76,12 @@ from torch import Tensor, nn
 from longtail.clustering import (
     P2OTSolver,
     SP2OTSolver,
-    clustering_metrics,
     knn_similarity,
     restrict,
 )
 from longtail.clustering import rho_ramp as ramp_value
 from longtail.clustering.baselines import RAMPS
+from longtail.clustering.metrics import confusion_cluster_metrics
 from longtail.config import RunConfig
 from longtail.data.lists import INAT2018
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
@@ -89,10 +89,9 @@ from longtail.data.sources import read_file_list
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, Stage, both_views, register_method, unwrap
-from longtail.methods.runs import training_set_features
+from longtail.methods.context import StepInfo
 from longtail.models.backbones import build_backbone
-from longtail.models.base import SingleHeadNetwork
-from longtail.models.heads import CosineHead
+from longtail.models.label_free import ClusteringNetwork
 from longtail.models.output import ModelOutput
 
 TRANSPORTS = ("p2ot", "sp2ot")
@@ -102,7 +101,6 @@ LOSS_NAME = "swapped-ce"
 NORMALIZED_PART = "normalized"  # the loss part of the label-free selection score, logged as loss_normalized
 VIEWS = 2
 INAT_SUBSET_SIZES = (8142, 2000, 1000, 500, 200, 100)
-CLUSTER_METRICS = ("acc", "mean_class_acc", "nmi", "ari", "macro_f1", "head", "medium", "tail")
 
 
 # ---------------------------------------------------------------------------------------------- the loss
@@ -127,7 +125,8 @@ class SwappedPredictionLoss(nn.Module):
     with ``targets`` the (V·B, K) transport plans of the same rows (see :func:`swapped_prediction_loss`).
 
     ``class_counts`` is accepted for the loss registry's interface and never used (clustering has no labels).
-    ``rho`` (set by the method each step) normalises the logged selection score ``parts['normalized']``.
+    ``rho``, the step's transported mass (passed by the method), normalises the logged selection score
+    ``parts['normalized']``.
     """
 
     def __init__(self, class_counts: Sequence[int] | None = None, views: int = VIEWS) -> None:
@@ -135,13 +134,12 @@ class SwappedPredictionLoss(nn.Module):
         if views < 2:
             raise LongtailError(f"Swapped prediction needs at least 2 views; got views={views}.")
         self.views = views
-        self.rho = 1.0
         self.parts: dict[str, Tensor] = {}
 
     def set_epoch(self, epoch: int) -> None:
         """Nothing depends on the epoch here (the method ramps rho)."""
 
-    def forward(self, output: ModelOutput, targets: Tensor) -> Tensor:
+    def forward(self, output: ModelOutput, targets: Tensor, rho: float = 1.0) -> Tensor:
         logits = output.logits.float()
         if targets.shape != logits.shape or logits.shape[0] % self.views:
             raise LongtailError(
@@ -151,107 +149,11 @@ class SwappedPredictionLoss(nn.Module):
         shape = (self.views, logits.shape[0] // self.views, logits.shape[1])
         loss = swapped_prediction_loss(logits.view(shape), targets.float().view(shape))
         self.parts = {
-            NORMALIZED_PART: loss.detach() / self.rho,
+            NORMALIZED_PART: loss.detach() / rho,
             "mass": targets.detach().sum(dim=1).mean().float(),
-            "rho": torch.tensor(self.rho),
+            "rho": torch.tensor(rho),
         }
         return loss
-
-
-# ---------------------------------------------------------------------------------------------- the model
-
-
-class LogitsBank(nn.Module):
-    """FIFO of the detached logits and dataset indices of the last pushed rows (``capacity`` rows), kept in
-    buffers so that checkpoints carry it."""
-
-    def __init__(self, capacity: int, num_clusters: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-        self.register_buffer("logits", torch.zeros(capacity, num_clusters))
-        self.register_buffer("indices", torch.full((capacity,), -1, dtype=torch.int64))
-        self.register_buffer("filled", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("position", torch.zeros((), dtype=torch.int64))
-
-    def contents(self) -> tuple[Tensor, Tensor]:
-        """The stored logits (R, K) and indices (R,), oldest first."""
-        filled, position = int(self.filled), int(self.position)
-        if filled < self.capacity:
-            return self.logits[:filled], self.indices[:filled]
-        return self.logits.roll(-position, dims=0), self.indices.roll(-position, dims=0)
-
-    @torch.no_grad()
-    def push(self, logits: Tensor, indices: Tensor) -> None:
-        """Append rows, dropping the oldest beyond ``capacity``."""
-        if self.capacity == 0:
-            return
-        logits, indices = logits[-self.capacity:], indices[-self.capacity:]
-        slots = (int(self.position) + torch.arange(logits.shape[0], device=self.logits.device)) % self.capacity
-        self.logits.index_copy_(0, slots, logits.detach().to(self.logits.dtype))
-        self.indices.index_copy_(0, slots, indices.to(self.indices.device))
-        self.position.fill_((int(self.position) + logits.shape[0]) % self.capacity)
-        self.filled.fill_(min(int(self.filled) + logits.shape[0], self.capacity))
-
-
-class SemanticGraph(nn.Module):
-    """The k-NN Gaussian graph of the training set (each row's ``k`` neighbours and weights), in buffers."""
-
-    def __init__(self, num_rows: int, k: int) -> None:
-        super().__init__()
-        self.register_buffer("neighbours", torch.zeros(num_rows, k, dtype=torch.int64))
-        self.register_buffer("weights", torch.zeros(num_rows, k))
-        self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
-
-    @torch.no_grad()
-    def store(self, graph: scipy.sparse.csr_matrix) -> None:
-        rows, k = self.neighbours.shape
-        if graph.shape != (rows, rows) or graph.nnz != rows * k:
-            raise LongtailError(f"Expected a ({rows}, {rows}) graph with {k} neighbours a row; got {graph.shape}, "
-                                f"{graph.nnz} entries.")
-        self.neighbours.copy_(torch.from_numpy(graph.indices.reshape(rows, k).astype(np.int64)))
-        self.weights.copy_(torch.from_numpy(graph.data.reshape(rows, k)))
-        self.ready.fill_(True)
-
-    def to_scipy(self) -> scipy.sparse.csr_matrix:
-        rows, k = self.neighbours.shape
-        indptr = np.arange(0, rows * k + 1, k)
-        return scipy.sparse.csr_matrix(
-            (self.weights.cpu().double().numpy().ravel(), self.neighbours.cpu().numpy().ravel(), indptr),
-            shape=(rows, rows),
-        )
-
-
-class ClusteringNetwork(SingleHeadNetwork):
-    """Backbone features -> cosine head with K outputs; ``memory`` (the logits bank) and ``graph`` (SP²OT)."""
-
-    def __init__(self, backbone: nn.Module, num_features: int, num_clusters: int, logit_scale: float,
-                 bank_rows: int, input_size: int | None = None, graph_rows: int = 0, graph_k: int = 0) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.input_size = input_size
-        self.head = CosineHead(num_features, num_clusters, scale=logit_scale)
-        self.memory = LogitsBank(bank_rows, num_clusters)
-        self.graph = SemanticGraph(graph_rows, graph_k) if graph_rows else None
-
-    def forward_features(self, images: Tensor) -> Tensor:
-        if self.input_size is not None and images.shape[-1] != self.input_size:
-            images = F.interpolate(images, size=self.input_size, mode="bicubic", align_corners=False)
-        return self.backbone.forward_features(images)
-
-    def last_block(self) -> nn.Module:
-        """The backbone's last transformer block or last residual block."""
-        blocks = getattr(getattr(self.backbone, "model", None), "blocks", None)
-        if isinstance(blocks, nn.Sequential) and len(blocks):
-            return blocks[-1]
-        stages = [module for name, module in self.backbone.named_modules()
-                  if name.rsplit(".", 1)[-1] in ("layer1", "layer2", "layer3", "layer4")
-                  and isinstance(module, nn.Sequential)]
-        if not stages:
-            raise LongtailError(
-                f"Cannot find the last block of a {type(self.backbone).__name__} backbone (no ViT 'blocks' and no "
-                "ResNet 'layerN' stages); use method.args.trainable=all or head."
-            )
-        return stages[-1][-1]
 
 
 # ---------------------------------------------------------------------------------------------- the method
@@ -264,10 +166,6 @@ def _gather_rows(rows: Tensor) -> tuple[Tensor, int]:
     parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, rows.contiguous())
     return torch.cat(parts), dist.get_rank() * rows.shape[0]
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @register_method("p2ot")
@@ -332,8 +230,6 @@ class P2OT(Method):
                 reference_rows=reference_rows, max_iter=mm_max_iter, tol=mm_tol, inner_tol=inner_tol,
                 inner_max_iter=max_iter)
         self._graph: scipy.sparse.csr_matrix | None = None
-        self._stage_epochs = config.schedule.epochs
-        self._epoch, self._step_in_epoch = -1, 0
 
     # ------------------------------------------------------------------ checks
 
@@ -386,11 +282,6 @@ class P2OT(Method):
         main, *extra = super().stages()
         return [dataclasses.replace(main, trainable=self.trainable), *extra]
 
-    def prepare_stage(self, stage: Stage, model: nn.Module) -> None:
-        super().prepare_stage(stage, model)
-        self._stage_epochs = stage.epochs
-        self._epoch, self._step_in_epoch = -1, 0
-
     def trainable_parameters(self, stage: Stage, model: nn.Module) -> list[nn.Parameter]:
         if stage.trainable != "last_block":
             return super().trainable_parameters(stage, model)
@@ -399,38 +290,27 @@ class P2OT(Method):
 
     # ------------------------------------------------------------------ training
 
-    def progress(self, epoch: int) -> float:
-        """Training progress t/T in [0, 1] of the coming step (counts the calls within an epoch)."""
-        if epoch != self._epoch:
-            self._epoch, self._step_in_epoch = epoch, 0
+    def progress(self, step: StepInfo) -> float:
+        """Training progress t/T in [0, 1] of the step: over optimiser steps, or over epochs (``ramp_unit``)."""
         if self.ramp_unit == "epoch":
-            return epoch / max(self._stage_epochs - 1, 1)
-        steps = self.steps_per_epoch()
-        return min((epoch * steps + self._step_in_epoch) / (self._stage_epochs * steps), 1.0)
+            return step.epoch / max(step.stage_epochs - 1, 1)
+        return step.progress
 
-    def steps_per_epoch(self) -> int:
-        """Optimisation steps per epoch of the instance sampler with drop_last (as the trainer's loader)."""
-        world = _world_size()
-        per_process = math.ceil(self.info.num_train / world)
-        return max(per_process // max(self.config.data.batch_size // world, 1), 1)
-
-    def rho(self, epoch: int) -> float:
-        return ramp_value(self.progress(epoch), self.rho_start, self.rho_end, self.ramp_kind)
+    def rho(self, step: StepInfo) -> float:
+        return ramp_value(self.progress(step), self.rho_start, self.rho_end, self.ramp_kind)
 
     def training_step(
-        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+        self, model: nn.Module, batch: Any, criterion: nn.Module, step: StepInfo
     ) -> tuple[Tensor, ModelOutput]:
         network = unwrap(model)
-        rho = self.rho(epoch)
+        rho = self.rho(step)
         output = model(both_views(batch, self.config.method.name))
         logits = output.logits.float()
         views = logits.detach().view(VIEWS, len(batch), -1)
         with torch.autocast(logits.device.type, enabled=False):
             plans = self.pseudo_labels(network, views, batch.indices, rho)
-        criterion.rho = rho
-        loss = criterion(ModelOutput(logits=logits), plans.flatten(0, 1))
+        loss = criterion(ModelOutput(logits=logits), plans.flatten(0, 1), rho=rho)
         network.memory.push(_gather_rows(views[0])[0], _gather_rows(batch.indices)[0])
-        self._step_in_epoch += 1
         return loss, output
 
     @torch.no_grad()
@@ -453,7 +333,7 @@ class P2OT(Method):
         if self.transport == "p2ot":
             return self.solver(logits)
         if not bool(network.graph.ready):
-            graph = knn_similarity(training_set_features(network, self.config), k=self.knn, sigma=self.sigma)
+            graph = knn_similarity(self.context.training_features(network), k=self.knn, sigma=self.sigma)
             network.graph.store(graph)
         if self._graph is None:
             self._graph = network.graph.to_scipy()
@@ -467,20 +347,11 @@ class P2OT(Method):
         return None if normalized is None else -normalized
 
     def extra_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Clustering metrics of a head (``cluster_acc``, ``cluster_nmi``, ...; see ``CLUSTER_METRICS``) from
+        """Clustering metrics of a head (``cluster_acc``, ``cluster_nmi``, ...; see ``longtail.clustering.metrics.CLUSTER_METRICS``) from
         its confusion matrix: cluster ids are the argmax of the logits, matched to classes by the Hungarian
         algorithm for the accuracies."""
         return {f"cluster_{key}": value for key, value in confusion_cluster_metrics(
             np.asarray(metrics["confusion"]), metrics["train_counts"]).items()}
-
-
-def confusion_cluster_metrics(confusion: np.ndarray, train_counts: Sequence[int]) -> dict[str, float]:
-    """``CLUSTER_METRICS`` of the predictions summarised by ``confusion`` (rows: class, columns: cluster)."""
-    classes, clusters = np.nonzero(confusion)
-    counts = confusion[classes, clusters]
-    found = clustering_metrics(np.repeat(clusters, counts), np.repeat(classes, counts), train_counts,
-                               confusion.shape[0])
-    return {key: found[key] for key in CLUSTER_METRICS}
 
 
 # ---------------------------------------------------------------------------------------------- iNat subsets

@@ -90,8 +90,9 @@ from longtail.losses.ldam import ldam_margin_logits
 from longtail.losses.registry import register_loss
 from longtail.losses.weights import ldam_margins
 from longtail.methods.base import Method, Stage, register_method, unwrap
+from longtail.methods.context import RunContext, StepInfo
 from longtail.methods.runs import load_trained_model
-from longtail.models.multi_expert import MultiExpertNetwork
+from longtail.models.multi_expert import ExpertRouter, MultiExpertNetwork
 from longtail.models.output import ModelOutput
 
 
@@ -249,34 +250,6 @@ register_loss("ride_distill")(functools.partial(RIDELoss, distill_factor=1.0))
 # ---------------------------------------------------------------- expert assignment (router)
 
 ROUTER = "router"  # the parameter selector of the router stage (``stages[i].trainable``)
-
-
-class ExpertRouter(nn.Module):
-    """Routers a_0 … a_{K−2} (see module doc): ``forward(i, mean_logits, features)`` is a_i, (B,) logits of
-    "expert i+1 is needed"."""
-
-    def __init__(
-        self, feature_dim: int, num_experts: int, top_k: int, hidden_dim: int = 16, shared_decision: bool = True
-    ) -> None:
-        super().__init__()
-        if num_experts < 2:
-            raise LongtailError(f"A router needs at least 2 experts to choose from, the model has {num_experts}.")
-        self.top_k = top_k
-        self.hidden = nn.ModuleList(
-            nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.ReLU()) for _ in range(num_experts - 1)
-        )
-        decisions = 1 if shared_decision else num_experts - 1
-        self.decision = nn.ModuleList(nn.Linear(hidden_dim + top_k, 1) for _ in range(decisions))
-
-    @property
-    def num_routers(self) -> int:
-        return len(self.hidden)
-
-    def forward(self, index: int, mean_logits: Tensor, features: Tensor) -> Tensor:
-        hidden = self.hidden[index](F.normalize(features, dim=-1))
-        top = mean_logits.topk(self.top_k, dim=-1).values.to(hidden.dtype)
-        decision = self.decision[index if len(self.decision) > 1 else 0]
-        return decision(torch.cat((top, hidden), dim=-1)).squeeze(-1)
 
 
 def router_help_targets(expert_logits: Tensor, targets: Tensor) -> Tensor:
@@ -505,11 +478,12 @@ class RIDE(Method):
             )
         return model
 
-    def setup(self, device: torch.device) -> None:
+    def setup(self, context: RunContext) -> None:
         """Load the teacher: frozen, in ``teacher_mode``, never part of the trained model or its checkpoints."""
+        super().setup(context)
         if self.teacher_path is None:
             return
-        trained = load_trained_model(self.teacher_path, device)
+        trained = load_trained_model(self.teacher_path, context.device)
         if trained.info.num_classes != self.info.num_classes:
             raise LongtailError(
                 f"The teacher {self.teacher_path} predicts {trained.info.num_classes} classes, this run has "
@@ -554,7 +528,7 @@ class RIDE(Method):
         return super().param_groups(stage, model, params)
 
     def training_step(
-        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+        self, model: nn.Module, batch: Any, criterion: nn.Module, step: StepInfo
     ) -> tuple[Tensor, ModelOutput]:
         output = model(batch.images)
         if self.stage is not None and self.stage.trainable == ROUTER:

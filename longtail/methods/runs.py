@@ -1,6 +1,6 @@
 """What the engine and the methods share about runs: the checkpoint file (its name, its dataset facts as plain
-values, reading it back into its model for evaluation, prediction, export or as a teacher), the datasets a
-config describes, and the features of a training split. The engine imports the methods, so this lives here.
+values, reading it back into its model for evaluation, prediction, export or as a teacher). The engine imports
+the methods, so this lives here.
 
 A run directory holds ``checkpoint.pt`` (the state after the last finished epoch) and ``best.pt`` (the selected
 evaluation weights); ``longtail.engine.checkpoint`` writes them.
@@ -14,48 +14,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from longtail.config import RunConfig, from_dict
-from longtail.data import DatasetInfo, DatasetSplits, create_datasets, create_loader
+from longtail.data import DatasetInfo
 from longtail.errors import LongtailError
 from longtail.methods.base import Method, create_method
-from longtail.models.base import eval_mode
+from longtail.methods.context import RunContext
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
-
-
-def create_datasets_for(config: RunConfig) -> DatasetSplits:
-    """The train / validation / test splits that ``config.data`` describes."""
-    data = config.data
-    return create_datasets(
-        data.name,
-        root=data.root,
-        imbalance=data.imbalance,
-        profile=data.profile,
-        selection=data.selection,
-        seed=config.train.seed,
-        val_per_class=data.val_per_class,
-        **data.args,
-    )
-
-
-@torch.no_grad()
-def training_set_features(network: nn.Module, config: RunConfig) -> Tensor:
-    """``network.forward_features`` (N, D) of the training split, unaugmented, in dataset order (on the CPU)."""
-    train = create_datasets_for(config).train
-    device = next(network.parameters()).device
-    loader = create_loader(train, batch_size=config.data.eval_batch_size, train=False, augment="none",
-                           device=device, num_workers=config.data.num_workers)
-    features: Tensor | None = None
-    with eval_mode(network), torch.autocast(device.type, enabled=False):
-        for batch in loader:
-            rows = network.forward_features(batch.images).float().cpu()
-            if features is None:
-                features = torch.empty(len(train), rows.shape[1])
-            features[batch.indices.cpu()] = rows
-    return features
 
 
 def read_torch_file(path: Path, what: str) -> Any:
@@ -148,6 +116,7 @@ def load_trained_model(
                             "checkpoint was edited, or written by a version of longtail whose model differs. Use that "
                             "version, or train again.")
     model.load_state_dict(weights)
+    method.attach(RunContext(config, torch.device(device)))
     return TrainedModel(model=model.to(device).eval(), method=method, config=config, info=info, state=state)
 
 

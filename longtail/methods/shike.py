@@ -112,6 +112,7 @@ from longtail.losses.base import LongtailLoss
 from longtail.losses.experts import in_float32, require_expert_logits
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, Stage, register_method, unwrap
+from longtail.methods.context import StepInfo
 from longtail.models.output import ModelOutput
 
 KLReduction = Literal["batchmean", "official"]
@@ -357,7 +358,7 @@ class SHIKE(Method):
         return groups
 
     def training_step(
-        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+        self, model: nn.Module, batch: Any, criterion: nn.Module, step: StepInfo
     ) -> tuple[Tensor, ModelOutput]:
         if self.retraining and self.stage2_train_mode:
             unwrap(model).train()

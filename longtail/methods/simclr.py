@@ -54,9 +54,9 @@ from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
 from longtail.errors import LongtailError
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, both_views, register_method, unwrap
-from longtail.methods.runs import create_datasets_for, training_set_features
+from longtail.methods.context import StepInfo
 from longtail.models.backbones import build_backbone
-from longtail.models.base import SingleHeadNetwork
+from longtail.models.label_free import ContrastiveNetwork
 from longtail.models.output import ModelOutput
 
 LOSS_NAME = "nt-xent"
@@ -99,23 +99,6 @@ class NTXentLoss(nn.Module):
 
     def forward(self, output: ModelOutput) -> Tensor:
         return nt_xent(output.logits, self.temperature)
-
-
-# ---------------------------------------------------------------------------------------------- the model
-
-
-class ContrastiveNetwork(SingleHeadNetwork):
-    """Backbone features ``h`` -> projection MLP ``z = W2 ReLU(W1 h)``; the projection head is the model's head."""
-
-    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int, projection_dim: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Sequential(
-            nn.Linear(num_features, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, projection_dim)
-        )
-
-    def forward_features(self, images: Tensor) -> Tensor:
-        return self.backbone.forward_features(images)
 
 
 # ---------------------------------------------------------------------------------------------- the method
@@ -175,7 +158,7 @@ class SimCLR(Method):
         return ContrastiveNetwork(backbone, num_features, self.hidden_dim, self.projection_dim)
 
     def training_step(
-        self, model: nn.Module, batch: Any, criterion: nn.Module, epoch: int
+        self, model: nn.Module, batch: Any, criterion: nn.Module, step: StepInfo
     ) -> tuple[Tensor, ModelOutput]:
         output = model(both_views(batch, self.config.method.name))
         self._steps += 1
@@ -209,8 +192,8 @@ class SimCLR(Method):
         network = unwrap(model)
         key = (id(network), self._steps)
         if self._knn is None or self._knn_key != key:
-            targets = np.asarray(create_datasets_for(self.config).train.targets)
-            features = training_set_features(network, self.config).numpy()
+            targets = np.asarray(self.context.splits.train.targets)
+            features = self.context.training_features(network).numpy()
             self._knn = KNeighborsClassifier(
                 n_neighbors=min(self.knn_k, len(targets)),
                 weights=functools.partial(_vote_weights, temperature=self.knn_temperature),

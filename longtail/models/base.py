@@ -16,7 +16,8 @@ from longtail.models.output import ModelOutput
 
 class Network(nn.Module, ABC):
     """A longtail model: ``forward(x) -> ModelOutput``, ``forward_features(x) -> (B, D)`` pooled features,
-    ``head_modules()`` (the classifier(s), for cRT / head re-training) and ``replace_heads(fn)``."""
+    ``head_modules()`` (the classifier(s), for cRT / head re-training), ``replace_heads(fn)`` and
+    ``set_epoch(epoch)``."""
 
     @abstractmethod
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -29,6 +30,10 @@ class Network(nn.Module, ABC):
     @abstractmethod
     def replace_heads(self, fn: Callable[[nn.Module], nn.Module]) -> None:
         """Replace every head used by ``forward`` by ``fn(head)`` (e.g. tau-normalisation, LWS)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Before each training epoch (0-based within its stage), from ``Method.start_epoch``; a model whose
+        training forward follows a schedule (MetaFG's meta masking) overrides it."""
 
 
 class SingleHeadNetwork(Network):

@@ -42,7 +42,7 @@ is zeroed (all groups of a sample together), p(e) = clip(p_0 - e / E, 0, 1) with
 ``meta_mask_start`` and E = ``meta_mask_epochs`` (the training length; the official default is p_0 = 1
 over the whole run); E = None keeps p = p_0. The official code does not clip, so p < 0 there slices
 ``randperm(B)[:negative]`` and masks almost every sample; the clip is the intended behaviour.
-The trainer calls ``model.set_epoch(epoch)`` before each epoch.
+The trainer gives the model the epoch (``Network.set_epoch``) before each epoch.
 
 Differences from the official code (parameter counts are identical):
 * Extra tokens use bias row 0 of T against everything (official); row 0 is also the corner offset of
@@ -55,7 +55,7 @@ Differences from the official code (parameter counts are identical):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,7 @@ from timm.layers import DropPath, Mlp, SEModule, to_2tuple, trunc_normal_
 from torch import nn
 
 from longtail.errors import LongtailError
+from longtail.models.base import Network
 from longtail.models.output import ModelOutput
 from longtail.models.registry import register_variant
 
@@ -333,7 +334,7 @@ class MetaTokenizer(nn.Module):
         return torch.cat(tokens, dim=1)
 
 
-class MetaFG(nn.Module):
+class MetaFG(Network):
     """MetaFG-0/1/2 with optional meta groups; ``forward(x, meta=None)`` returns a ModelOutput.
 
     ``meta`` is None (no meta: zeros), a dict group name -> tensor (unused names are ignored), or a
@@ -418,6 +419,9 @@ class MetaFG(nn.Module):
 
     def head_modules(self) -> list[nn.Module]:
         return [self.head]
+
+    def replace_heads(self, fn: Callable[[nn.Module], nn.Module]) -> None:
+        self.head = fn(self.head)
 
     def set_epoch(self, epoch: int) -> None:
         """0-based epoch, for the meta masking schedule."""

@@ -179,3 +179,31 @@ class MultiExpertNetwork(Network):
         if not 1 <= num_experts <= self.num_experts:
             raise LongtailError(f"num_experts must be between 1 and {self.num_experts}, got {num_experts}.")
         return num_experts
+
+
+class ExpertRouter(nn.Module):
+    """RIDE's routers a_0 … a_{K−2} (``longtail.methods.ride``): ``forward(i, mean_logits, features)`` is a_i,
+    (B,) logits of "expert i+1 is needed"."""
+
+    def __init__(
+        self, feature_dim: int, num_experts: int, top_k: int, hidden_dim: int = 16, shared_decision: bool = True
+    ) -> None:
+        super().__init__()
+        if num_experts < 2:
+            raise LongtailError(f"A router needs at least 2 experts to choose from, the model has {num_experts}.")
+        self.top_k = top_k
+        self.hidden = nn.ModuleList(
+            nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.ReLU()) for _ in range(num_experts - 1)
+        )
+        decisions = 1 if shared_decision else num_experts - 1
+        self.decision = nn.ModuleList(nn.Linear(hidden_dim + top_k, 1) for _ in range(decisions))
+
+    @property
+    def num_routers(self) -> int:
+        return len(self.hidden)
+
+    def forward(self, index: int, mean_logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden[index](F.normalize(features, dim=-1))
+        top = mean_logits.topk(self.top_k, dim=-1).values.to(hidden.dtype)
+        decision = self.decision[index if len(self.decision) > 1 else 0]
+        return decision(torch.cat((top, hidden), dim=-1)).squeeze(-1)
