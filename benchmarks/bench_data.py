@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from longtail.data import create_datasets, create_loader
-from longtail.data.cifar import CIFAR10_STATS
-from longtail.data.memory import ArrayStore, InMemoryImages
+from longtail.data.containers import ArrayStore, ImageClasses, InMemoryImages
+from longtail.data.small_images import CIFAR10_STATS
 from longtail.errors import LongtailError
 
 CONFIGS = [
@@ -37,8 +37,8 @@ def training_set(root: str | None) -> tuple[InMemoryImages, str]:
     except LongtailError as error:
         targets = np.repeat(np.arange(10), [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])
         images = np.random.default_rng(0).integers(0, 256, (len(targets), 3, 32, 32), dtype=np.uint8)
-        names = [str(i) for i in range(10)]
-        dataset = InMemoryImages(ArrayStore(images), np.arange(len(targets)), targets, names, *CIFAR10_STATS, 32)
+        classes = ImageClasses([str(i) for i in range(10)], *CIFAR10_STATS, 32)
+        dataset = InMemoryImages(ArrayStore(images), np.arange(len(targets)), targets, classes)
         return dataset, f"random CIFAR-10-LT-shaped images ({error})"
 
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from _timing import interleaved_step_times
 
-from longtail.data.batch import Batch
 from longtail.config import LossConfig, OptimConfig, RunConfig
+from longtail.data.containers import Batch
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import build_optimizer
 from longtail.losses import create as create_loss

@@ -26,8 +26,8 @@ import torch
 
 from longtail.data import create_datasets, create_loader
 from longtail.data.augment import AugmentSpec
-from longtail.data.cifar import CIFAR10_STATS
-from longtail.data.memory import ArrayStore, InMemoryImages
+from longtail.data.containers import ArrayStore, ImageClasses, InMemoryImages
+from longtail.data.small_images import CIFAR10_STATS
 from longtail.config import resolve
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import build_optimizer
@@ -64,8 +64,8 @@ def training_set(root: str | None) -> tuple[list[int], Any, str]:
     except LongtailError as error:
         targets = np.repeat(np.arange(10), CIFAR10_LT_IF100_COUNTS)
         images = np.random.default_rng(0).integers(0, 256, (len(targets), 3, 32, 32), dtype=np.uint8)
-        names = [str(i) for i in range(10)]
-        dataset = InMemoryImages(ArrayStore(images), np.arange(len(targets)), targets, names, *CIFAR10_STATS, 32)
+        classes = ImageClasses([str(i) for i in range(10)], *CIFAR10_STATS, 32)
+        dataset = InMemoryImages(ArrayStore(images), np.arange(len(targets)), targets, classes)
         return CIFAR10_LT_IF100_COUNTS, dataset, f"random CIFAR-10-LT-shaped images ({error})"
 
 

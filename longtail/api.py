@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from longtail.data import DatasetSplits, create_datasets
-from longtail.data.preprocess import load_image
+from longtail.data.loaders import load_image
 from longtail.engine.distributed import DistContext
 from longtail.engine.evaluate import Evaluator
 from longtail.errors import LongtailError

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from longtail.data.preprocess import preprocessing
+from longtail.data.loaders import preprocessing
 from longtail.errors import LongtailError
 from longtail.methods.runs import TrainedModel, load_trained_model
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from longtail.config import RunConfig, resolve, total_epochs
-from longtail.data.batch import Batch
+from longtail.data.containers import Batch
 from longtail.errors import LongtailError
 from longtail.evaluation.posthoc import posthoc_iif
 from longtail.losses import create as create_loss

@@ -143,7 +143,7 @@ def test_policy_fill_colours_the_area_geometric_operations_uncover(policy):
 def test_streamed_images_take_the_black_cutout_before_normalisation():
     from PIL import Image
 
-    from longtail.data.file_loader import file_transform
+    from longtail.data.loaders import file_transform
 
     spec = AugmentSpec(crop=False, flip=False, cutout=16, cutout_fill="black")
     torch.manual_seed(0)

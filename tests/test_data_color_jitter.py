@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from longtail.data.augment import AugmentSpec, BatchAugment, color_jitter
-from longtail.data.file_loader import file_transform
+from longtail.data.loaders import file_transform
 from longtail.errors import LongtailError
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,9 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from longtail.data import DATASETS, create_datasets, create_loader
+from longtail.data.containers import ImageFiles, InMemoryImages
 from longtail.data.datasets import default_data_root
-from longtail.data.files import ImageFiles
-from longtail.data.memory import InMemoryImages
-from longtail.data.sources import CIFAR10_FORMAT, CIFAR100_FORMAT, write_cifar
+from longtail.data.reading import CIFAR10_FORMAT, CIFAR100_FORMAT, CifarFormat
 from longtail.errors import LongtailError
 
 
@@ -37,6 +37,27 @@ def random_cifar(num_classes: int, per_class: int, seed: int) -> tuple[np.ndarra
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
     return rng.integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8), labels
+
+
+def write_cifar(
+    folder: Path, fmt: CifarFormat, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+    class_names: list[str],
+) -> None:
+    """Write images (N, 3, 32, 32) uint8 and labels in the official pickle layout of ``fmt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train_images, train_labels = train
+    splits = np.array_split(np.arange(len(train_labels)), len(fmt.train_files))
+    for name, rows in zip(fmt.train_files, splits):
+        _dump_cifar_part(folder / name, train_images[rows], train_labels[rows], fmt.label_key)
+    _dump_cifar_part(folder / fmt.test_file, *test, fmt.label_key)
+    with (folder / fmt.meta_file).open("wb") as f:
+        pickle.dump({fmt.names_key: list(class_names)}, f, protocol=2)
+
+
+def _dump_cifar_part(path: Path, images: np.ndarray, labels: np.ndarray, label_key: str) -> None:
+    entry = {"data": np.asarray(images, np.uint8).reshape(len(images), -1), label_key: [int(x) for x in labels]}
+    with path.open("wb") as f:
+        pickle.dump(entry, f, protocol=2)
 
 
 def test_registry_lists_every_dataset():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from longtail.config import resolve
 from longtail.data import create_datasets
-from longtail.data.datasets import IMAGENET_MEAN
+from longtail.data.folders_and_lists import IMAGENET_MEAN
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.context import create_datasets_for

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from longtail.data import Batch, create_datasets, create_loader
-from longtail.data.cache import cache_root, cached_array
-from longtail.data.memory import ArrayStore, InMemoryImages
+from longtail.data.containers import ArrayStore, ImageClasses, InMemoryImages
+from longtail.data.reading import cache_root, cached_array
 from longtail.errors import LongtailError
 
 
@@ -16,7 +16,8 @@ def toy_dataset(counts=(40, 20, 10, 5)) -> InMemoryImages:
     targets = np.repeat(np.arange(len(counts)), counts)
     images = np.random.default_rng(0).integers(0, 256, (len(targets), 3, 16, 16), dtype=np.uint8)
     names = [str(i) for i in range(len(counts))]
-    return InMemoryImages(ArrayStore(images), np.arange(len(targets)), targets, names, (0.5,) * 3, (0.25,) * 3, 16)
+    classes = ImageClasses(names, (0.5,) * 3, (0.25,) * 3, 16)
+    return InMemoryImages(ArrayStore(images), np.arange(len(targets)), targets, classes)
 
 
 def test_training_batches():

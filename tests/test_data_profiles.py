@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from longtail.data.profiles import check_imbalance, class_counts, select_per_class
-from longtail.data.shots import default_thresholds, shot_groups
+from longtail.data.shaping import check_imbalance, class_counts, default_thresholds, select_per_class, shot_groups
 from longtail.errors import LongtailError
 
 

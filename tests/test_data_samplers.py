@@ -10,7 +10,7 @@ import torch
 from longtail.config import from_dict, list_recipes, resolve
 from longtail.data import create_loader
 from longtail.data.augment import AugmentSpec
-from longtail.data.memory import ArrayStore, InMemoryImages
+from longtail.data.containers import ArrayStore, ImageClasses, InMemoryImages
 from longtail.data.samplers import SAMPLERS, create_sampler, shard
 from longtail.errors import LongtailError
 
@@ -88,7 +88,8 @@ def test_unknown_sampler_suggests():
 def toy_images(count: int) -> InMemoryImages:
     targets = np.arange(count) % 3
     images = np.random.default_rng(0).integers(0, 256, (count, 3, 8, 8), dtype=np.uint8)
-    return InMemoryImages(ArrayStore(images), np.arange(count), targets, ["a", "b", "c"], (0.5,) * 3, (0.25,) * 3, 8)
+    classes = ImageClasses(["a", "b", "c"], (0.5,) * 3, (0.25,) * 3, 8)
+    return InMemoryImages(ArrayStore(images), np.arange(count), targets, classes)
 
 
 def test_repeated_sampler_writes_each_image_of_a_seeded_permutation_in_a_row():

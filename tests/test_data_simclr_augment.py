@@ -7,7 +7,7 @@ import torch
 from torchvision.transforms import v2
 
 from longtail.data.augment import AugmentSpec, BatchAugment, random_grayscale, resized_crop_flip
-from longtail.data.file_loader import file_transform
+from longtail.data.loaders import file_transform
 from longtail.errors import LongtailError
 
 SIMCLR_VIEW = AugmentSpec(resized_crop=(0.08, 1.0), color_jitter=(0.4, 0.4, 0.4, 0.1), grayscale=0.2)

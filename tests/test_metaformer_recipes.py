@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from longtail.config import RunConfig, resolve
-from longtail.data.batch import Batch
+from longtail.data.containers import Batch
 from longtail.methods.baselines import ERM
 from longtail.models import create
 from tiny import step_of

@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 import longtail.losses
 import longtail.models
 from longtail.config import LossConfig, MethodConfig, ModelConfig, RunConfig, resolve
-from longtail.data.batch import Batch
+from longtail.data.containers import Batch
 from longtail.errors import LongtailError
 from longtail.losses.weights import effective_number_weights
 from longtail.methods.deit_lt import DEIT_LT_CUT_POINTS, DeiTLT, FrozenTeacher, LabelTeacher, rank_groups

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from longtail.config import apply_overrides, from_dict, parse_overrides
-from longtail.data.batch import Batch
+from longtail.data.containers import Batch
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.mdcs import MDCS, MDCSLoss

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from longtail.config import apply_overrides, from_dict, parse_overrides
-from longtail.data.batch import Batch
+from longtail.data.containers import Batch
 from longtail.engine.trainer import frozen_modules
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method

@@ -14,7 +14,7 @@ import torch
 
 from longtail.cli.main import main
 from longtail.config import apply_overrides, from_dict, parse_overrides, resolve
-from longtail.data.batch import Batch
+from longtail.data.containers import Batch
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.context import RunContext

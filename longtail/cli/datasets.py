@@ -78,7 +78,7 @@ def spell_setting(setting: Setting) -> str:
 
 
 def _storage(splits: DatasetSplits) -> str:
-    from longtail.data.files import ImageFiles
+    from longtail.data.containers import ImageFiles
 
     return "(streamed from disk)" if isinstance(splits.train, ImageFiles) else "(in memory)"
 

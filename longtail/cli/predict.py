@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise LongtailError("Give IMAGE files to classify, or --features OUT.npz to write the features of a split.")
     if args.overrides:
         raise LongtailError("--set says where a run's data is for --features; classifying IMAGE files needs no data.")
-    from longtail.data.preprocess import load_image
+    from longtail.data.loaders import load_image
 
     trained = load_trained_model(args.checkpoint)
     info = trained.info

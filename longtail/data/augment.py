@@ -10,7 +10,7 @@ operation with the same magnitude are transformed together by torchvision's own 
 transforms' ``_policies``, ``_AUGMENTATION_SPACE`` and ``_apply_image_or_video_transform``): a few dozen
 calls per batch instead of one per image.
 
-On CPU the ops run single-threaded (``longtail.data.threads``). All random numbers come from a CPU
+On CPU the ops run single-threaded (``longtail.data.reading.intra_op_threads``). All random numbers come from a CPU
 ``torch.Generator``, so a seed draws the same augmentation parameters on CPU and GPU.
 Cutout (DeVries & Taylor, 2017) follows the original code: after normalisation, a ``size`` x ``size``
 square centred anywhere in the image (clipped at the border) is set to 0, the dataset's mean colour
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
-from longtail.data.threads import intra_op_threads
+from longtail.data.reading import intra_op_threads
 from longtail.errors import LongtailError, unknown_name_error
 
 POLICIES = ("autoaugment", "randaugment")

@@ -48,7 +48,7 @@ def epoch_rng(seed: int, epoch: int, stream: int, rank: int = 0) -> np.random.Ge
 
 class EpochSampler(ABC):
     """Dataset indices for one epoch, from labels ``targets``. ``order`` has at least ``num_samples`` indices;
-    each rank keeps the first ``ceil(num_samples / world_size)`` of its shard (``longtail.data.loading``)."""
+    each rank keeps the first ``ceil(num_samples / world_size)`` of its shard (``longtail.data.loaders.Loader``)."""
 
     def __init__(self, targets: np.ndarray, num_samples: int | None = None) -> None:
         self.targets = np.asarray(targets, dtype=np.int64)

@@ -5,9 +5,9 @@
 - ``top1``, ``top5`` (None when C < 5), ``balanced_accuracy`` (mean per-class accuracy);
 - ``per_class`` (C,) accuracy of each class, NaN for a class without test samples;
 - ``many`` / ``medium`` / ``few``: mean per-class accuracy of the classes with more than ``many``, ``few`` to
-  ``many``, fewer than ``few`` training images (``longtail.data.shots.shot_groups``); None for an empty group.
+  ``many``, fewer than ``few`` training images (``longtail.data.shaping.shot_groups``); None for an empty group.
   The thresholds default to the dataset's own: a ``DatasetInfo``'s ``shot_thresholds`` when one is given in
-  place of the counts, else the rule every dataset uses (``longtail.data.shots.default_thresholds`` of the
+  place of the counts, else the rule every dataset uses (``longtail.data.shaping.default_thresholds`` of the
   largest count: 100 / 20, scaled down for datasets with fewer than 500 images in their largest class);
 - ``macro_f1`` (scikit-learn, over the classes that occur in the targets or the predictions);
 - ``ece``: expected calibration error of the top-1 confidence with 15 equal-width bins (Guo et al., ICML
@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from longtail.data.shots import default_thresholds, shot_groups
+from longtail.data.shaping import default_thresholds, shot_groups
 from longtail.errors import LongtailError
 
 if TYPE_CHECKING:
-    from longtail.data.datasets import DatasetInfo
+    from longtail.data.containers import DatasetInfo
     from longtail.models.output import ModelOutput
 
 ECE_BINS = 15

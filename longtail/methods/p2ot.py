@@ -83,9 +83,9 @@ from longtail.clustering import rho_ramp as ramp_value
 from longtail.clustering.baselines import RAMPS
 from longtail.clustering.metrics import confusion_cluster_metrics
 from longtail.config import RunConfig
-from longtail.data.lists import INAT2018
+from longtail.data.folders_and_lists import INAT2018
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
-from longtail.data.sources import read_file_list
+from longtail.data.reading import read_file_list
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, Stage, both_views, register_method, unwrap
