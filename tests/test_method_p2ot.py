@@ -14,14 +14,13 @@ import torch.nn.functional as F
 
 from longtail.config import apply_overrides, from_dict, parse_overrides
 from longtail.data.containers import Batch
+from longtail.data.folders_and_lists import inat_subset_classes, write_inat_subset_lists
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.p2ot import (
     P2OT,
     SwappedPredictionLoss,
-    inat_subset_classes,
     swapped_prediction_loss,
-    write_inat_subset_lists,
 )
 from longtail.models.label_free import LogitsBank
 from longtail.models.output import ModelOutput

@@ -237,7 +237,7 @@ def _cluster_features(args: argparse.Namespace) -> int:
 
 
 def _write_inat_subset(args: argparse.Namespace) -> int:
-    from longtail.methods.p2ot import write_inat_subset_lists
+    from longtail.data.folders_and_lists import write_inat_subset_lists
 
     if args.lists is None:
         raise LongtailError("--inat-subset needs --lists DIR, the folder with iNaturalist18_train.txt and "

@@ -24,6 +24,9 @@ renames classes: the clustering metrics order classes by training count themselv
 wnids, or readable names from ``names_file`` (default: the release's ``README.txt`` when present), a text
 file whose ``<wnid> <name>`` lines are used and other lines ignored. Images stream from disk at 224 px.
 
+iNature100 / 500 / 1000 (the P²OT papers' iNaturalist 2018 subsets): ``write_inat_subset_lists`` writes the
+split lists of a subset (``longtail cluster --inat-subset N``), which ``inat2018`` reads as its ``list_root``.
+
 List-defined long-tailed datasets: ImageNet-LT, Places-LT (Liu et al., OLTR, 2019) and iNaturalist 2018.
 Each split is a ``relative/path label`` list; the lists define the long tail, so ``imbalance`` and
 ``profile`` do not apply. Lists are looked up in ``list_root`` (default: the first of ``<root>/lt-splits``,
@@ -37,6 +40,7 @@ validation split when present and ``val_per_class`` is None.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,8 @@ IMAGENET_R_URL = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
 IMAGENET_R_TEST_PER_CLASS = 20
 HOLDOUT_STREAM = 0x1E7  # separates the test draw from the validation draw seeded by the same seed
 WNID_NAME_LINE = re.compile(r"^\s*(n\d{8})\s+(\S.*?)\s*$")
+# Classes of iNaturalist 2018 and of the P²OT papers' iNature subsets, each kept from the one before it.
+INAT_SUBSET_SIZES = (8142, 2000, 1000, 500, 200, 100)
 
 
 def _imagenet_classes(class_names: list[str], image_size: int) -> ImageClasses:
@@ -267,3 +273,39 @@ def inat2018(
     image_size: int = STREAMED_IMAGE_SIZE, **common: Any,
 ) -> DatasetSplits:
     return list_splits("inat2018", INAT2018, root, list_root, image_root, image_size, common)
+
+
+def inat_subset_classes(train_targets: np.ndarray | Sequence[int], num_classes: int) -> np.ndarray:
+    """The iNaturalist 2018 classes of the papers' iNature100/500/1000 subsets, in new-label order.
+
+    Classes are sorted by training count (descending, ties by class id); each subset size of
+    ``INAT_SUBSET_SIZES`` keeps every ``previous // size``-th class of the previous subset, the first ``size``.
+    """
+    if num_classes not in INAT_SUBSET_SIZES[1:]:
+        sizes = ", ".join(map(str, INAT_SUBSET_SIZES[1:]))
+        raise LongtailError(f"iNat subsets have {sizes} classes; got {num_classes}.")
+    counts = np.bincount(np.asarray(train_targets, dtype=np.int64))
+    if len(counts) != INAT_SUBSET_SIZES[0]:
+        raise LongtailError(f"The iNat 2018 training list has {len(counts)} classes; expected {INAT_SUBSET_SIZES[0]}.")
+    selected = np.argsort(-counts, kind="stable")
+    for previous, size in zip(INAT_SUBSET_SIZES, INAT_SUBSET_SIZES[1:]):
+        selected = selected[:: previous // size][:size]
+        if size == num_classes:
+            return selected
+    raise AssertionError("unreachable: num_classes was checked against INAT_SUBSET_SIZES")
+
+
+def write_inat_subset_lists(list_root: str | Path, out_dir: str | Path, num_classes: int) -> Path:
+    """Write ``iNaturalist18_train.txt`` / ``iNaturalist18_val.txt`` of a subset (labels renumbered by
+    :func:`inat_subset_classes`) into ``out_dir``; use it as ``data.args.list_root`` of dataset ``inat2018``."""
+    list_root, out_dir = Path(list_root), Path(out_dir)
+    train, val = read_file_list(list_root / INAT2018.train), read_file_list(list_root / INAT2018.test)
+    classes = inat_subset_classes(train.targets, num_classes)
+    new_label = np.full(INAT_SUBSET_SIZES[0], -1, dtype=np.int64)
+    new_label[classes] = np.arange(num_classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for file_list, name in ((train, INAT2018.train), (val, INAT2018.test)):
+        labels = new_label[file_list.targets]
+        lines = [f"{path} {label}\n" for path, label in zip(file_list.relative_paths, labels) if label >= 0]
+        (out_dir / name).write_text("".join(lines))
+    return out_dir

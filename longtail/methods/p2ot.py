@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,9 +82,7 @@ from longtail.clustering import rho_ramp as ramp_value
 from longtail.clustering.baselines import RAMPS
 from longtail.clustering.metrics import confusion_cluster_metrics
 from longtail.config import RunConfig
-from longtail.data.folders_and_lists import INAT2018
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
-from longtail.data.reading import read_file_list
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, Stage, both_views, register_method, unwrap
@@ -100,7 +97,6 @@ RAMP_UNITS = ("step", "epoch")
 LOSS_NAME = "swapped-ce"
 NORMALIZED_PART = "normalized"  # the loss part of the label-free selection score, logged as loss_normalized
 VIEWS = 2
-INAT_SUBSET_SIZES = (8142, 2000, 1000, 500, 200, 100)
 
 
 # ---------------------------------------------------------------------------------------------- the loss
@@ -352,42 +348,3 @@ class P2OT(Method):
         algorithm for the accuracies."""
         return {f"cluster_{key}": value for key, value in confusion_cluster_metrics(
             np.asarray(metrics["confusion"]), metrics["train_counts"]).items()}
-
-
-# ---------------------------------------------------------------------------------------------- iNat subsets
-
-
-def inat_subset_classes(train_targets: np.ndarray | Sequence[int], num_classes: int) -> np.ndarray:
-    """The iNaturalist 2018 classes of the papers' iNature100/500/1000 subsets, in new-label order.
-
-    Classes are sorted by training count (descending, ties by class id); each subset size of
-    ``INAT_SUBSET_SIZES`` keeps every ``previous // size``-th class of the previous subset, the first ``size``.
-    """
-    if num_classes not in INAT_SUBSET_SIZES[1:]:
-        sizes = ", ".join(map(str, INAT_SUBSET_SIZES[1:]))
-        raise LongtailError(f"iNat subsets have {sizes} classes; got {num_classes}.")
-    counts = np.bincount(np.asarray(train_targets, dtype=np.int64))
-    if len(counts) != INAT_SUBSET_SIZES[0]:
-        raise LongtailError(f"The iNat 2018 training list has {len(counts)} classes; expected {INAT_SUBSET_SIZES[0]}.")
-    selected = np.argsort(-counts, kind="stable")
-    for previous, size in zip(INAT_SUBSET_SIZES, INAT_SUBSET_SIZES[1:]):
-        selected = selected[:: previous // size][:size]
-        if size == num_classes:
-            return selected
-    raise AssertionError("unreachable: num_classes was checked against INAT_SUBSET_SIZES")
-
-
-def write_inat_subset_lists(list_root: str | Path, out_dir: str | Path, num_classes: int) -> Path:
-    """Write ``iNaturalist18_train.txt`` / ``iNaturalist18_val.txt`` of a subset (labels renumbered by
-    :func:`inat_subset_classes`) into ``out_dir``; use it as ``data.args.list_root`` of dataset ``inat2018``."""
-    list_root, out_dir = Path(list_root), Path(out_dir)
-    train, val = read_file_list(list_root / INAT2018.train), read_file_list(list_root / INAT2018.test)
-    classes = inat_subset_classes(train.targets, num_classes)
-    new_label = np.full(INAT_SUBSET_SIZES[0], -1, dtype=np.int64)
-    new_label[classes] = np.arange(num_classes)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for file_list, name in ((train, INAT2018.train), (val, INAT2018.test)):
-        labels = new_label[file_list.targets]
-        lines = [f"{path} {label}\n" for path, label in zip(file_list.relative_paths, labels) if label >= 0]
-        (out_dir / name).write_text("".join(lines))
-    return out_dir
