@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from longtail.config import resolve
 from longtail.data import create_datasets
 from longtail.data.datasets import IMAGENET_MEAN
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
+from longtail.methods.recipes import resolve
 from longtail.methods.runs import create_datasets_for
 
 COUNTS = {"n00000003": 23, "n00000001": 40, "n00000002": 31}  # written unsorted: labels follow sorted wnids

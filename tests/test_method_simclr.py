@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from longtail.cli.main import main
-from longtail.config import apply_overrides, from_dict, parse_overrides, resolve
+from longtail.config import apply_overrides, from_dict, parse_overrides
 from longtail.data.batch import Batch
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
+from longtail.methods.recipes import resolve
 from longtail.methods.simclr import NTXentLoss, SimCLR, nt_xent
 from longtail.models.output import ModelOutput
 
