@@ -28,12 +28,12 @@ from longtail.data import create_datasets, create_loader
 from longtail.data.augment import AugmentSpec
 from longtail.data.containers import ArrayStore, ImageClasses, InMemoryImages
 from longtail.data.small_images import CIFAR10_STATS
-from longtail.config import resolve
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import build_optimizer
 from longtail.engine.trainer import frozen_modules
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
+from longtail.methods.recipes import resolve
 
 ROWS = [
     ("MDCS, 64 images x 2 views", "mdcs-cifar10-lt-if100", 0),

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from _timing import interleaved_step_times
 
-from longtail.config import resolve
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.trainer import StageRun, Trainer, _channels_last
+from longtail.methods.recipes import resolve
 
 VARIANTS = {
     "bf16+channels_last": ["train.precision=bf16", "train.channels_last=true"],

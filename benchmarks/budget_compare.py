@@ -16,8 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from longtail.config import resolve
 from longtail.engine.trainer import train
+from longtail.methods.recipes import resolve
 
 
 SHOT_COLUMNS = {"top1": "All", "many": "Many", "medium": "Med", "few": "Few"}

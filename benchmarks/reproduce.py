@@ -41,10 +41,11 @@ from typing import Any
 import torch
 import yaml
 
-from longtail.config import RunConfig, resolve
+from longtail.config import RunConfig
 from longtail.engine.evaluate import effective_precision
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
+from longtail.methods.recipes import resolve
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"

@@ -2,13 +2,17 @@
 validated against a typed schema of dataclasses.
 
 Every key a run understands is a field below; an unknown key or a value of the wrong type is a
-LongtailError that names the key and the valid alternatives. The free-form ``args`` dictionaries are
-passed as keyword arguments to the model, loss, dataset or method factory, which validate them.
+LongtailError that names the key and the valid alternatives. The free-form ``args`` dictionaries
+(``factory_args``) are passed as keyword arguments to the method, model, loss or dataset factory. Those
+factories live in layers above this module, so the layer that knows them checks the args against their
+signatures when a recipe resolves (``longtail.methods.recipes.resolve``, which also applies the budget).
 
 ``budget=E`` compresses a recipe to E epochs in total: every epoch-valued key is multiplied by
 s = E / (total epochs of all stages) and rounded. Epoch-valued keys are ``epochs``, ``warmup_epochs`` and
-``milestones`` of each schedule and stage, and, inside the free-form ``args`` dictionaries, every key named
-``epochs`` or ``milestones`` or ending in ``_epoch`` / ``_epochs`` (e.g. ``loss.args.drw_epoch``).
+``milestones`` of each schedule and stage, and, inside the ``args`` dictionaries, the options that their
+factory declares as counting epochs (its ``epoch_args``, e.g. ``loss.args.drw_epoch`` of ``ldam``), which
+``apply_budget`` is given as a lookup by the layer that knows the factories. An undeclared option keeps its
+value whatever its name.
 
 A compressed schedule keeps its shape: a stage keeps at least its ``min_epochs`` (a method whose later stage
 needs a few epochs to train fresh heads sets it, so the total may exceed E); the warm-up and milestones of a
@@ -24,6 +28,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -313,13 +318,6 @@ def _apply(node: Any, overrides: dict[str, Any], prefix: str) -> None:
             node[key] = value
 
 
-def resolve(recipe: str, overrides: list[str] = ()) -> RunConfig:
-    """The validated config of ``recipe`` with ``overrides`` and the budget applied."""
-    raw = apply_overrides(load_recipe(recipe), parse_overrides(list(overrides)))
-    config = from_dict(raw)
-    return apply_budget(config) if config.budget is not None else config
-
-
 # ---------------------------------------------------------------- validation
 
 
@@ -444,12 +442,44 @@ def _type_error(key: str, value: Any, expected: str) -> LongtailError:
 # ---------------------------------------------------------------- budget and comparison
 
 
+@dataclass(frozen=True)
+class FactoryArgs:
+    """One ``args`` mapping of a config: where it sits (``stages.0.loss.args``), the kind and the registered
+    name of the factory it is passed to (``loss``, ``ldam``), and the mapping itself."""
+
+    key: str
+    kind: str
+    name: str
+    args: dict[str, Any]
+
+
+def factory_args(config: RunConfig) -> list[FactoryArgs]:
+    """Every ``args`` mapping of ``config``; kinds: ``method``, ``model``, ``loss``, ``dataset``."""
+    stage_losses = [
+        FactoryArgs(f"stages.{index}.loss.args", "loss", stage.loss.name, stage.loss.args)
+        for index, stage in enumerate(config.stages)
+        if stage.loss is not None
+    ]
+    return [
+        FactoryArgs("method.args", "method", config.method.name, config.method.args),
+        FactoryArgs("model.args", "model", config.model.name, config.model.args),
+        FactoryArgs("loss.args", "loss", config.loss.name, config.loss.args),
+        *stage_losses,
+        FactoryArgs("data.args", "dataset", config.data.name, config.data.args),
+    ]
+
+
+# The options of an args mapping's factory that count epochs, as the factory declares them.
+EpochArgs = Callable[[FactoryArgs], Collection[str]]
+
+
 def total_epochs(config: RunConfig) -> int:
     return config.schedule.epochs + sum(stage.epochs for stage in config.stages)
 
 
-def apply_budget(config: RunConfig) -> RunConfig:
-    """Compress every epoch-valued key by budget / total epochs (see the module docstring)."""
+def apply_budget(config: RunConfig, epoch_args: EpochArgs) -> RunConfig:
+    """Compress every epoch-valued key by budget / total epochs (see the module docstring); ``epoch_args``
+    names the epoch-valued options of each ``args`` mapping (``longtail.methods.recipes.declared_epoch_args``)."""
     if config.budget is None or config.budget < 1:
         raise LongtailError(f"Config key 'budget' must be a positive number of epochs, got {config.budget!r}.")
     scale = config.budget / total_epochs(config)
@@ -459,12 +489,12 @@ def apply_budget(config: RunConfig) -> RunConfig:
     for stage, original in zip(data["stages"], config.stages, strict=True):
         stage["epochs"] = max(original.min_epochs, _scale_value(original.epochs, scale))
         _scale_within(stage["schedule"], original.epochs, stage["epochs"])
-        if stage["loss"] is not None:
-            _scale_args(stage["loss"]["args"], scale)
-    for section in ("method", "model", "loss"):
-        _scale_args(data[section]["args"], scale)
-    _scale_args(data["data"]["args"], scale)
-    return from_dict(data)
+    compressed = from_dict(data)
+    for mapping in factory_args(compressed):  # from_dict copied each mapping: updating it changes no other config
+        for key in epoch_args(mapping):
+            if key in mapping.args:
+                mapping.args[key] = _scale_value(mapping.args[key], scale)
+    return compressed
 
 
 def _scale_within(schedule: dict[str, Any], epochs: int, scaled_epochs: int) -> None:
@@ -481,14 +511,6 @@ def _scale_within(schedule: dict[str, Any], epochs: int, scaled_epochs: int) -> 
             min(_scale_value(milestone, scale), max(scaled_epochs - 1, 1)) if milestone < epochs else scaled_epochs
             for milestone in schedule["milestones"]
         ]
-
-
-def _scale_args(args: dict[str, Any], scale: float) -> None:
-    for key, value in args.items():
-        if key in ("epochs", "milestones") or key.endswith(("_epoch", "_epochs")):
-            args[key] = _scale_value(value, scale)
-        elif isinstance(value, dict):
-            _scale_args(value, scale)
 
 
 def _scale_value(value: Any, scale: float) -> Any:

@@ -9,12 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from longtail.config import RunConfig, resolve, total_epochs
+from longtail.config import RunConfig, total_epochs
 from longtail.data.containers import Batch
 from longtail.errors import LongtailError
 from longtail.evaluation.posthoc import posthoc_iif
 from longtail.losses import create as create_loss
 from longtail.methods.baselines import ERM
+from longtail.methods.recipes import resolve
 from longtail.models import create
 from longtail.models.heads import CosNormHead, create_head
 from longtail.models.output import ModelOutput

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from longtail.config import resolve
 from longtail.data import create_datasets
 from longtail.data.folders_and_lists import IMAGENET_MEAN
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.context import create_datasets_for
+from longtail.methods.recipes import resolve
 
 COUNTS = {"n00000003": 23, "n00000001": 40, "n00000002": 31}  # written unsorted: labels follow sorted wnids
 WNIDS = sorted(COUNTS)

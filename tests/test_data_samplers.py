@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from longtail.config import from_dict, list_recipes, resolve
+from longtail.config import from_dict, list_recipes
 from longtail.data import create_loader
 from longtail.data.augment import AugmentSpec
 from longtail.data.containers import ArrayStore, ImageClasses, InMemoryImages
 from longtail.data.samplers import SAMPLERS, create_sampler, shard
 from longtail.errors import LongtailError
+from longtail.methods.recipes import resolve
 
 COUNTS = np.array([1000, 300, 100, 30, 10])
 TARGETS = np.repeat(np.arange(5), COUNTS)

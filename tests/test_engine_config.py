@@ -12,11 +12,11 @@ from longtail.config import (
     list_recipes,
     load_recipe,
     parse_overrides,
-    resolve,
     stage_schedule,
 )
 from longtail.engine.optim import lr_factor
 from longtail.errors import LongtailError
+from longtail.methods.recipes import declared_epoch_args, resolve
 
 
 def test_defaults_validate_and_round_trip():
@@ -78,12 +78,15 @@ def test_malformed_overrides(override):
         resolve_dict({"optim": {"lr": 0.1}}, [override])
 
 
-def test_every_shipped_recipe_resolves():
+def test_every_shipped_recipe_resolves_with_its_options_checked():
+    """``resolve`` checks every option of a recipe against the factory it goes to (``longtail.methods.recipes``),
+    so a misspelt option in a shipped recipe fails here."""
     recipes = list_recipes()
     assert {"digits-ce", "cifar10-lt-if100-ce", "cifar100-lt-if50-ldam-drw", "cifar10-lt-if10-balanced-softmax"} <= set(recipes)
     assert not any(name.startswith("_") for name in recipes)
     for name in recipes:
         resolve(name)
+        resolve(name, ["budget=10"])
 
 
 def test_cifar_recipes_reproduce_the_published_schedule():
@@ -126,9 +129,10 @@ def test_budget_keeps_a_compressed_stage_a_real_stage():
 
 
 def test_budget_drops_a_warmup_that_would_fill_a_one_epoch_schedule():
-    config = apply_budget(from_dict({"budget": 2, "schedule": {"epochs": 20, "warmup_epochs": 5}, "stages": [
+    full = from_dict({"budget": 2, "schedule": {"epochs": 20, "warmup_epochs": 5}, "stages": [
         {"epochs": 20, "schedule": {"warmup_epochs": 5, "name": "multistep", "milestones": [10, 19]}},
-        {"epochs": 20, "min_epochs": 3, "schedule": {"name": "multistep", "milestones": [19, 20]}}]}))
+        {"epochs": 20, "min_epochs": 3, "schedule": {"name": "multistep", "milestones": [19, 20]}}]})
+    config = apply_budget(full, declared_epoch_args)
     assert (config.schedule.epochs, config.schedule.warmup_epochs) == (1, 0)
     stage = stage_schedule(config, 0)
     assert (stage.epochs, stage.warmup_epochs, stage.milestones) == (1, 0, [1, 1])  # a one-epoch stage runs at its base lr
@@ -136,15 +140,16 @@ def test_budget_drops_a_warmup_that_would_fill_a_one_epoch_schedule():
 
 
 def test_budget_scales_a_stage_schedule_with_the_stage_it_keeps():
-    config = apply_budget(from_dict({"budget": 20, "schedule": {"epochs": 190}, "stages": [
-        {"epochs": 10, "min_epochs": 4, "schedule": {"warmup_epochs": 5, "name": "multistep", "milestones": [8]}}]}))
+    full = from_dict({"budget": 20, "schedule": {"epochs": 190}, "stages": [
+        {"epochs": 10, "min_epochs": 4, "schedule": {"warmup_epochs": 5, "name": "multistep", "milestones": [8]}}]})
+    config = apply_budget(full, declared_epoch_args)
     stage = stage_schedule(config, 0)
     assert (config.schedule.epochs, stage.epochs, stage.warmup_epochs, stage.milestones) == (19, 4, 2, [3])
 
 
 def test_budget_must_be_positive():
     with pytest.raises(LongtailError, match="budget"):
-        apply_budget(from_dict({"budget": 0}))
+        apply_budget(from_dict({"budget": 0}), declared_epoch_args)
 
 
 def test_differing_keys_ignores_runtime_settings():

@@ -31,7 +31,7 @@ LAYERS: tuple[frozenset[str], ...] = (
 )
 LAYER_OF = {part: index for index, parts in enumerate(LAYERS) for part in parts}
 # Modules of ``longtail.methods`` that are not a paper's: the paper modules may import these, not each other.
-SHARED_METHOD_MODULES = frozenset({"__init__", "base", "context", "runs", "batch_mixing"})
+SHARED_METHOD_MODULES = frozenset({"__init__", "base", "context", "runs", "batch_mixing", "recipes"})
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from longtail.config import RunConfig, resolve
+from longtail.config import RunConfig
 from longtail.data.containers import Batch
 from longtail.methods.baselines import ERM
+from longtail.methods.recipes import resolve
 from longtail.models import create
 from tiny import step_of
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longtail.config import apply_overrides, from_dict, list_recipes, parse_overrides, resolve
+from longtail.config import apply_overrides, from_dict, list_recipes, parse_overrides
 from longtail.engine.trainer import train
+from longtail.methods.recipes import resolve
 from longtail.methods.runs import load_trained_model
 
 DATA = {

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import longtail.losses
-from longtail.config import resolve
 from longtail.errors import LongtailError
+from longtail.methods.recipes import resolve
 from longtail.methods.shike import SHIKELoss, shike_stage1_terms
 from longtail.models.output import ModelOutput
 

@@ -145,7 +145,7 @@ def test_single_view_configs_and_batches_are_rejected():
 
 @pytest.mark.slow
 def test_mdcs_trains_through_the_trainer(tmp_path, tiny_digits_run):
-    from longtail.config import resolve
+    from longtail.methods.recipes import resolve
     from longtail.engine.trainer import train
     from longtail.methods.runs import load_trained_model
 

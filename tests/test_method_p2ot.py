@@ -305,14 +305,15 @@ def test_inat_subset_lists_keep_and_renumber_the_chosen_classes(tmp_path):
 
 
 def recipe_method(name: str, *overrides: str, num_classes: int = 100) -> P2OT:
-    from longtail.config import resolve
+    from longtail.methods.recipes import resolve
 
     info = SimpleNamespace(num_classes=num_classes, train_counts=[5] * num_classes, num_train=5 * num_classes)
     return create_method(resolve(name, list(overrides)), info)
 
 
 def test_the_paper_recipes_follow_the_papers_and_need_local_dino_weights():
-    from longtail.config import list_recipes, resolve
+    from longtail.config import list_recipes
+    from longtail.methods.recipes import resolve
 
     names = [name for name in list_recipes() if name.startswith(("p2ot-", "sp2ot-"))]
     assert len(names) == 14

@@ -20,11 +20,11 @@ from longtail.config import (
     from_dict,
     list_recipes,
     parse_overrides,
-    resolve,
 )
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.base import Stage, create_method
+from longtail.methods.recipes import resolve
 from longtail.methods.ride import (
     RIDE,
     ComputeCost,

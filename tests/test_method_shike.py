@@ -182,7 +182,7 @@ def test_later_stages_must_train_the_heads_only_and_the_model_must_have_two_head
 
 @pytest.mark.slow
 def test_stage2_through_the_trainer_reports_accuracy_before_and_after(tmp_path, tiny_digits_run):
-    from longtail.config import resolve
+    from longtail.methods.recipes import resolve
     from longtail.engine.trainer import train
     from longtail.methods.runs import CHECKPOINT, load_checkpoint
 

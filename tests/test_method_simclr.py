@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from longtail.cli.main import main
-from longtail.config import apply_overrides, from_dict, parse_overrides, resolve
+from longtail.config import apply_overrides, from_dict, parse_overrides
 from longtail.data.containers import Batch
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
 from longtail.methods.context import RunContext
+from longtail.methods.recipes import resolve
 from longtail.methods.simclr import NTXentLoss, SimCLR, nt_xent
 from longtail.models.output import ModelOutput
 from tiny import step_of

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from longtail.cli.main import build_parser
-from longtail.config import resolve
+from longtail.methods.recipes import resolve
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

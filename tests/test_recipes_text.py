@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longtail.config import RECIPES_DIR, list_recipes, resolve
+from longtail.config import RECIPES_DIR, list_recipes
+from longtail.methods.recipes import resolve
 
 RECIPE_FILES = sorted(RECIPES_DIR.glob("*.yaml"))
 

@@ -103,8 +103,9 @@ def _train_and_cluster(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
-    from longtail.config import apply_overrides, from_dict, parse_overrides, resolve
+    from longtail.config import apply_overrides, from_dict, parse_overrides
     from longtail.methods import runs
+    from longtail.methods.recipes import resolve
 
     if args.recipe:
         return resolve(args.recipe, args.overrides)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from longtail.config import apply_overrides, config_spelling, from_dict, parse_overrides, resolve
+from longtail.config import apply_overrides, config_spelling, from_dict, parse_overrides
 from longtail.errors import LongtailError
 
 DEFAULT_RUNS = Path("runs")
@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
+    from longtail.methods.recipes import resolve
     from longtail.methods.runs import load_checkpoint
 
     if args.recipe:

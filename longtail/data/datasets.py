@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from longtail.data.meta import attach_meta, read_meta_tables
 from longtail.data.shaping import PROFILES, SELECTIONS, check_imbalance
 from longtail.errors import LongtailError, Setting, SettingError, unknown_name_error
 from longtail.paths import shared_data_root
-from longtail.registry import Registry
+from longtail.registry import Registry, reject_unknown_options
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
@@ -74,7 +75,7 @@ def create_datasets(
         raise unknown_name_error("profile", profile, PROFILES)
     if selection not in SELECTIONS:
         raise unknown_name_error("selection", selection, SELECTIONS)
-    _check_options(name, builder, kwargs)
+    check_dataset_options(name, kwargs)
     if val_per_class is not None and val_per_class < 0:
         raise LongtailError(f"val_per_class must be >= 0, got {val_per_class}.")
     if meta_locations is not None and meta_file is None:
@@ -94,10 +95,14 @@ def create_datasets(
     return splits
 
 
-def _check_options(name: str, builder: Any, options: dict[str, Any]) -> None:
-    parameters = inspect.signature(builder).parameters.values()
-    accepted = [p.name for p in parameters if p.name != "root" and p.kind is not p.VAR_KEYWORD]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        valid = ", ".join(accepted) or "none"
-        raise LongtailError(f"Dataset '{name}' has no option {', '.join(map(repr, unknown))}; its options: {valid}.")
+# Options of ``create_datasets`` itself that a config gives in ``data.args`` beside the builder's own.
+META_OPTIONS = ("meta_file", "meta_locations")
+
+
+def check_dataset_options(name: str, options: Iterable[str], owner: str | None = None) -> None:
+    """Raise a LongtailError naming the ``options`` that dataset ``name`` does not take, suggesting the closest.
+    A builder's ``**common`` receives the settings every dataset shares (``imbalance``, ``seed``...), which are
+    not options, so only its named parameters (less ``root``) and the meta-information files are valid."""
+    parameters = inspect.signature(DATASETS.get(name)).parameters.values()
+    valid = [p.name for p in parameters if p.name != "root" and p.kind is not p.VAR_KEYWORD] + list(META_OPTIONS)
+    reject_unknown_options(owner or f"Dataset '{name}'", options, valid)

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from longtail.errors import LongtailError
-from longtail.registry import Registry, check_options
+from longtail.registry import Registry
 
-SAMPLERS = Registry("sampler")
+SAMPLERS = Registry("sampler", reserved=("targets", "epochs", "num_samples"))
 SamplerSpec = str | dict[str, Any]  # a sampler's name, or a mapping of its name and options
 SAMPLER_STREAM = 0x5A3  # separates sampling from other streams seeded by (seed, epoch)
 
@@ -176,18 +176,22 @@ def create_sampler(
 ) -> EpochSampler:
     """The training sampler ``spec`` names: a registered name, or a mapping of ``name`` and the sampler's
     options (e.g. ``{'name': 'repeated', 'repeats': 3}``)."""
+    name, options = sampler_options(spec)
+    SAMPLERS.check_options(name, options)
+    return SAMPLERS.create(name, targets, epochs=epochs, num_samples=num_samples, **options)
+
+
+def sampler_options(spec: SamplerSpec) -> tuple[str, dict[str, Any]]:
+    """The name and the options of a sampler spec (a name, or a mapping of ``name`` and options)."""
     if isinstance(spec, str):
-        name, options = spec, {}
-    else:
-        options = dict(spec)
-        name = options.pop("name", None)
-        if not isinstance(name, str):
-            raise LongtailError(
-                f"A sampler given as a mapping needs a 'name', e.g. {{name: repeated, repeats: 3}}; got {spec!r}."
-            )
-    factory = SAMPLERS.get(name)
-    check_options(f"Sampler '{name}'", factory, options, reserved=("targets", "epochs", "num_samples"))
-    return factory(targets, epochs=epochs, num_samples=num_samples, **options)
+        return spec, {}
+    options = dict(spec)
+    name = options.pop("name", None)
+    if not isinstance(name, str):
+        raise LongtailError(
+            f"A sampler given as a mapping needs a 'name', e.g. {{name: repeated, repeats: 3}}; got {spec!r}."
+        )
+    return name, options
 
 
 def shard(order: np.ndarray, rank: int, world_size: int, pad: bool = True) -> np.ndarray:

@@ -67,6 +67,7 @@ from longtail.evaluation.metrics import evaluate
 from longtail.methods import runs
 from longtail.methods.base import Method, Stage, create_method
 from longtail.methods.context import RunContext, StepInfo, create_datasets_for
+from longtail.methods.recipes import check_factory_options
 from longtail.models.base import Network
 
 STAGE_SEED_STREAM = 1_000_003  # separates the seeds of stage set-up from those of epochs
@@ -153,6 +154,7 @@ class StageRun:
 
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, resume: bool = False, force: bool = False) -> None:
+        check_factory_options(config)  # a config not from ``resolve`` (a resumed run's, the API's) too, before any data
         self.config = config
         self.run_dir = run_dir
         device = resolve_device(config.train.device)

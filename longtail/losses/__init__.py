@@ -5,6 +5,11 @@ Baseline losses live in this package; each paper's loss lives in its method modu
 (``import longtail.methods`` registers them all; a method's run always has). Every loss is an
 ``nn.Module`` with ``forward(output: ModelOutput, targets) -> Tensor`` and ``set_epoch(epoch)`` (0-based).
 
+A loss's options (``loss.args``) are its keyword parameters less ``class_counts``; a recipe's are checked
+against them when it resolves. An option that counts epochs is declared in the loss class's ``epoch_args``
+(``epoch_args = ("drw_epoch",)``), so that ``budget=E`` scales it with the schedule; an undeclared option keeps
+its value under a budget, whatever its name.
+
 Baseline names: ``ce``, ``focal``, ``class_balanced``, ``ldam``, ``balanced_softmax``, ``logit_adjustment``.
 """
 
@@ -24,13 +29,12 @@ from longtail.losses.ldam import LDAMLoss, ldam_loss, ldam_margin_logits
 from longtail.losses.logit_adjustment import LogitAdjustmentLoss, logit_adjusted_loss, posthoc_logit_adjust
 from longtail.losses.registry import LOSSES, register_loss
 from longtail.losses.weights import effective_number_weights, ldam_margins, log_class_prior
-from longtail.registry import check_options
 
 
 def create(name: str, class_counts: Sequence[int], **kwargs: Any) -> nn.Module:
     """Build loss ``name`` for a training set with ``class_counts`` images per class."""
     factory = LOSSES.get(name)
-    check_options(f"Loss '{name}'", factory, kwargs, reserved=("class_counts",))
+    LOSSES.check_options(name, kwargs)
     return factory(class_counts=class_counts, **kwargs)
 
 

@@ -62,7 +62,12 @@ class LongtailLoss(nn.Module):
     sample of class c is multiplied by the class-balanced weight w_c = (1 - beta) / (1 - beta^n_c) (scaled to
     sum to C); ``drw_epoch=None`` never re-weights, ``drw_epoch=0`` re-weights from the start. RIDE/LDAM code
     counts epochs from 1 and re-weights when ``epoch > reweight_epoch``: that is ``drw_epoch = reweight_epoch``.
+
+    ``epoch_args`` names the options of a loss class that count epochs (``("drw_epoch",)`` where the subclass
+    takes ``drw_epoch``): ``budget=E`` scales those with the schedule (``longtail.losses`` docstring).
     """
+
+    epoch_args: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 class CrossEntropyLoss(LongtailLoss):
     """Cross-entropy on ``output.logits``; ``drw_epoch`` turns on class-balanced re-weighting (DRW)."""
 
+    epoch_args = ("drw_epoch",)  # budget=E scales these options with the schedule
+
     def __init__(
         self,
         class_counts: Sequence[int] | torch.Tensor,

@@ -59,6 +59,8 @@ def focal_loss(
 class FocalLoss(LongtailLoss):
     """Focal loss on ``output.logits``; ``drw_epoch`` turns on class-balanced re-weighting (DRW)."""
 
+    epoch_args = ("drw_epoch",)  # budget=E scales these options with the schedule
+
     def __init__(
         self,
         class_counts: Sequence[int] | torch.Tensor,

@@ -63,6 +63,8 @@ def ldam_loss(
 class LDAMLoss(LongtailLoss):
     """LDAM(-DRW) on ``output.logits``. ``drw_epoch=None`` is plain LDAM; LDAM-DRW sets e.g. ``drw_epoch=160``."""
 
+    epoch_args = ("drw_epoch",)  # budget=E scales these options with the schedule
+
     def __init__(
         self,
         class_counts: Sequence[int] | torch.Tensor,

@@ -4,5 +4,5 @@ from __future__ import annotations
 
 from longtail.registry import Registry
 
-LOSSES = Registry("loss")
+LOSSES = Registry("loss", reserved=("class_counts",))
 register_loss = LOSSES.register

@@ -5,6 +5,13 @@ minimisation (registered as ``erm`` in ``longtail.methods.baselines``); a paper 
 only what differs, and registers it by name with ``@register_method('name')``. A recipe names its method in
 ``method.name``; ``method.args`` are the keyword arguments of the subclass's ``__init__``.
 
+Options and epochs: when a recipe resolves (``longtail.methods.recipes.resolve``), every key of ``method.args``,
+``model.args``, ``loss.args`` (and a stage's), ``model.activation_options``, ``data.args`` and of sampler and
+augmentation mappings is checked against the signature of the factory it goes to, so a misspelt option fails
+before training. An option that counts epochs must be declared in the class attribute ``epoch_args`` of the
+method, loss or model class that takes it (``epoch_args = ("drw_epoch",)``): ``budget=E`` scales exactly the
+declared options with the schedule and leaves every other one as it is, whatever its name.
+
 What the trainer calls, in order:
 
 1. ``Method(config, info, **method.args)``, ``build_model()``, then ``setup(context)`` once with the run's
@@ -54,9 +61,9 @@ from longtail.config import LossConfig, OptimConfig, RunConfig, ScheduleConfig, 
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.methods.context import RunContext, StepInfo
 from longtail.models.output import ModelOutput
-from longtail.registry import Registry, check_options
+from longtail.registry import Registry
 
-METHODS = Registry("method")
+METHODS = Registry("method", reserved=("config", "info"))
 register_method = METHODS.register
 
 PARAMETER_SELECTORS = ("all", "head")
@@ -86,6 +93,7 @@ class Method:
     """Empirical risk minimisation: ``loss(model(images), targets)`` with the recipe's model and loss."""
 
     selection_name = "selection_score"  # the summary's ``best_metric_name`` when ``selection_score`` is used
+    epoch_args: tuple[str, ...] = ()  # the ``method.args`` that count epochs, which budget=E scales
 
     def __init__(self, config: RunConfig, info: Any) -> None:
         self.config = config
@@ -257,14 +265,12 @@ def reinitialize_heads(model: nn.Module, fresh: nn.Module) -> None:
 
 def create_method(config: RunConfig, info: Any) -> Method:
     """The method named by ``config.method.name``, built with ``config.method.args``."""
-    _import_method_modules()
-    factory = METHODS.get(config.method.name)
-    options = config.method.args
-    check_options(f"Method '{config.method.name}'", factory, options, reserved=("self", "config", "info"))
-    return factory(config, info, **options)
+    import_method_modules()
+    METHODS.check_options(config.method.name, config.method.args)
+    return METHODS.create(config.method.name, config, info, **config.method.args)
 
 
-def _import_method_modules() -> None:
+def import_method_modules() -> None:
     """Import every module of ``longtail.methods`` so that all methods are registered."""
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         importlib.import_module(f"{__package__}.{module.name}")

@@ -167,6 +167,8 @@ def _require_aux(output: ModelOutput, key: str, producer: str) -> Tensor:
 class DeiTLTLoss(LongtailLoss):
     """DeiT-LT: CE on the CLS head plus (DRW-weighted) distillation from a CNN teacher on the DIST head."""
 
+    epoch_args = ("drw_epoch",)  # budget=E scales these options with the schedule
+
     def __init__(
         self,
         class_counts: Sequence[int],

@@ -137,6 +137,8 @@ def mdcs_loss_terms(
 class MDCSLoss(LongtailLoss):
     """MDCS diversity loss plus consistency self-distillation with confident instance sampling."""
 
+    epoch_args = ("ramp_epochs",)  # budget=E scales these options with the schedule
+
     def __init__(
         self,
         class_counts: Sequence[int],

@@ -164,6 +164,8 @@ class RIDELoss(LongtailLoss):
     """RIDE's per-expert LDAM-DRW loss plus the distribution-aware diversity term, and with
     ``distill_factor > 0`` the distillation term (see module doc)."""
 
+    epoch_args = ("drw_epoch",)  # budget=E scales these options with the schedule
+
     def __init__(
         self,
         class_counts: Sequence[int],

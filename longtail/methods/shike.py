@@ -247,6 +247,8 @@ class SHIKELoss(LongtailLoss):
     the tuned setting's effective weights; ``self.hns_weight`` and ``self.mutual_weight`` are the multipliers
     applied."""
 
+    epoch_args = ("balanced_from_epoch",)  # budget=E scales these options with the schedule
+
     def __init__(
         self,
         class_counts: Sequence[int],

@@ -88,7 +88,7 @@ from torch import fx, nn
 
 from longtail.errors import LongtailError
 from longtail.models.kernels import cpu_extension
-from longtail.registry import Registry
+from longtail.registry import Registry, factory_options, reject_unknown_options
 
 APA_LAMBDA_MIN = 1e-4
 AGLU_LAMBDA_EPS = 1e-8
@@ -559,6 +559,14 @@ def create_activation(
         return factory(**options)
     except TypeError as error:
         raise LongtailError(f"Bad option for activation '{name}': {error}.") from error
+
+
+def check_activation_options(name: str, options: Iterable[str], owner: str | None = None) -> None:
+    """Raise a LongtailError naming the ``options`` that ``replace_activations(model, name, **options)`` does not
+    take (the switch's ``per_channel`` and the activation's own), suggesting the closest."""
+    own = factory_options(ACTIVATIONS.get(name))
+    if own is not None:
+        reject_unknown_options(owner or f"Activation '{name}'", options, ["per_channel", *own])
 
 
 # ---------------------------------------------------------------------------------------------- the switch

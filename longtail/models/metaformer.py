@@ -341,6 +341,8 @@ class MetaFG(Network):
     single tensor when the model has exactly one group.
     """
 
+    epoch_args = ("meta_mask_epochs",)  # budget=E scales these options with the schedule
+
     def __init__(
         self,
         num_classes: int = 1000,

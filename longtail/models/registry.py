@@ -9,9 +9,9 @@ from typing import Any
 from torch import nn
 
 from longtail.errors import LongtailError
-from longtail.registry import Registry, check_options
+from longtail.registry import Registry
 
-MODELS = Registry("model")
+MODELS = Registry("model", reserved=("num_classes",))
 register_model = MODELS.register
 
 
@@ -25,7 +25,7 @@ def create(
     """Build model ``name``; ``activation`` (e.g. 'aglu') replaces every activation of the model, with
     ``activation_options`` (e.g. ``per_channel``, ``lambda_grad``) passed to ``replace_activations``."""
     factory = MODELS.get(name)
-    check_options(f"Model '{name}'", factory, kwargs, reserved=("num_classes",))
+    MODELS.check_options(name, kwargs)
     if activation_options and activation is None:
         raise LongtailError("activation_options are given but no activation; set model.activation (e.g. aglu).")
     model = factory(num_classes=num_classes, **kwargs)
@@ -42,7 +42,8 @@ def list_models() -> list[str]:
 
 def register_variant(name: str, builder: Callable[..., nn.Module], doc: str, **fixed: Any) -> Callable[..., nn.Module]:
     """Register model ``name``: ``builder`` called with the ``fixed`` keyword arguments. Its options (what
-    ``create`` checks) are ``builder``'s parameters without the fixed ones."""
+    ``create`` checks) are ``builder``'s parameters without the fixed ones, and so are the epoch-valued ones
+    that ``builder`` declares (``epoch_args``, which ``budget=E`` scales)."""
 
     def factory(**options: Any) -> nn.Module:
         return builder(**fixed, **options)
@@ -55,4 +56,6 @@ def register_variant(name: str, builder: Callable[..., nn.Module], doc: str, **f
     factory.__name__ = name
     factory.__doc__ = doc
     factory.__module__ = builder.__module__
+    declared = getattr(builder, "epoch_args", ())
+    factory.epoch_args = tuple(arg for arg in declared if arg not in fixed)  # type: ignore[attr-defined]
     return register_model(name)(factory)
