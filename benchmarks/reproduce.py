@@ -42,9 +42,9 @@ import torch
 import yaml
 
 from longtail.config import RunConfig, resolve
-from longtail.engine.evaluate import effective_precision
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
+from longtail.precision import effective_precision
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"

@@ -88,10 +88,10 @@ from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
 from longtail.data.sources import read_file_list
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.losses.registry import register_loss
-from longtail.methods.base import Method, Stage, both_views, register_method, unwrap
+from longtail.methods.base import Method, Stage, both_views, register_method
 from longtail.methods.runs import training_set_features
 from longtail.models.backbones import build_backbone
-from longtail.models.base import SingleHeadNetwork
+from longtail.models.base import SingleHeadNetwork, unwrap
 from longtail.models.heads import CosineHead
 from longtail.models.output import ModelOutput
 

@@ -53,10 +53,10 @@ from longtail.config import RunConfig
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
 from longtail.errors import LongtailError
 from longtail.losses.registry import register_loss
-from longtail.methods.base import Method, both_views, register_method, unwrap
+from longtail.methods.base import Method, both_views, register_method
 from longtail.methods.runs import create_datasets_for, training_set_features
 from longtail.models.backbones import build_backbone
-from longtail.models.base import SingleHeadNetwork
+from longtail.models.base import SingleHeadNetwork, unwrap
 from longtail.models.output import ModelOutput
 
 LOSS_NAME = "nt-xent"
