@@ -29,7 +29,8 @@ from torch import nn
 
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.models import create
-from longtail.models.activations import AGLU, AGLU_LAMBDA_EPS, replace_activations, set_aglu_kernels
+from longtail.models.activations import AGLU, AGLU_LAMBDA_EPS, replace_activations
+from longtail.models.aglu_kernels import set_aglu_kernels
 
 
 class AutogradAGLU(AGLU):

@@ -42,10 +42,10 @@ import torch
 import yaml
 
 from longtail.config import RunConfig
-from longtail.engine.evaluate import effective_precision
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.recipes import resolve
+from longtail.precision import effective_precision
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"

@@ -25,9 +25,9 @@ from PIL import Image
 
 from longtail.data import DatasetSplits, create_datasets
 from longtail.data.loaders import load_image
-from longtail.engine.distributed import DistContext
-from longtail.engine.evaluate import Evaluator
+from longtail.distributed import DistContext
 from longtail.errors import LongtailError
+from longtail.evaluation.evaluator import Evaluator
 from longtail.methods.context import create_datasets_for
 from longtail.methods.runs import TrainedModel, load_trained_model
 

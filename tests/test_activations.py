@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from longtail.errors import LongtailError
-from longtail.models import activations
+from longtail.models import aglu_kernels
 from longtail.models.activations import (
     AGLU,
     AGLU_LAMBDA_EPS,
@@ -18,11 +18,10 @@ from longtail.models.activations import (
     _AGLUFunction,
     _broadcast,
     _kernel_params,
-    _uses_lookup,
     aglu,
     apa,
-    set_aglu_kernels,
 )
+from longtail.models.aglu_kernels import set_aglu_kernels, uses_lookup
 
 GOLDEN_TOL = {"rtol": 1e-9, "atol": 1e-12}
 GRADS = ("gx", "gl", "gk")
@@ -238,7 +237,7 @@ def test_table_lookup_gives_the_elementwise_values_and_layout(dtype, channels):
     x = (torch.randn(8, 2, 128, 256) * 4).to(dtype).to(memory_format=torch.channels_last)
     l = F.relu(module.lambda_param) + AGLU_LAMBDA_EPS
     kappa, log_l, inv_l = _kernel_params(x, _broadcast(l, x, 1), _broadcast(module.kappa_param, x, 1))
-    assert _uses_lookup(x, kappa) and not _uses_lookup(x.float(), kappa)
+    assert uses_lookup(x, kappa) and not uses_lookup(x.float(), kappa)
     set_aglu_kernels("eager")
     try:
         with torch.no_grad():
@@ -253,7 +252,7 @@ def test_compile_failure_falls_back_to_the_eager_kernels(monkeypatch):
     def no_compiler(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(activations, "_KERNELS", activations._Kernels())
+    monkeypatch.setattr(aglu_kernels, "_KERNELS", aglu_kernels._Kernels())
     monkeypatch.setattr(torch, "compile", no_compiler)
     torch.manual_seed(0)
     module = AGLU()

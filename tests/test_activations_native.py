@@ -7,21 +7,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longtail.models import activations, kernels
-from longtail.models.activations import AGLU, set_aglu_kernels
+from longtail.models import kernels
+from longtail.models.activations import AGLU
+from longtail.models.aglu_kernels import NativeLookup, set_aglu_kernels
 
 
 @pytest.fixture
 def count_native(monkeypatch):
     """How many backward passes went through the C++ kernels."""
     calls = []
-    original = activations._native_backward
+    original = NativeLookup.backward
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(activations, "_native_backward", counted)
+    monkeypatch.setattr(NativeLookup, "backward", counted)
     return calls
 
 

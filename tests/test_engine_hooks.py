@@ -22,9 +22,9 @@ from longtail.config import (
     parse_overrides,
 )
 from longtail.engine.checkpoint import load_initial_weights
-from longtail.engine.evaluate import summarize
 from longtail.engine.trainer import Trainer, train
 from longtail.errors import LongtailError
+from longtail.evaluation.evaluator import summarize
 from longtail.methods.base import Method, accepts_meta
 from longtail.methods.baselines import ERM
 from longtail.methods.context import RunContext, StepInfo

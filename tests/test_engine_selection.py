@@ -18,8 +18,8 @@ from longtail.config import (
     from_dict,
     parse_overrides,
 )
-from longtail.engine.evaluate import format_table
 from longtail.engine.trainer import Trainer, train
+from longtail.evaluation.evaluator import format_table
 from longtail.evaluation.report import format_shot_table
 from longtail.methods.baselines import ERM
 from longtail.methods.runs import BEST, load_checkpoint

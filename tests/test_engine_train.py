@@ -12,8 +12,10 @@ from tiny import TINY_DIGITS_DATA
 from longtail.config import apply_overrides, from_dict, parse_overrides
 from longtail.engine.trainer import Trainer, train
 from longtail.errors import LongtailError
-from longtail.methods.baselines import ERM, tau_normalized
+from longtail.methods.baselines import ERM
 from longtail.methods.runs import BEST, CHECKPOINT, load_checkpoint, load_trained_model
+from longtail.models import create
+from longtail.models.heads import tau_normalized
 
 TINY = {
     "data": {**TINY_DIGITS_DATA, "batch_size": 32},
@@ -153,9 +155,7 @@ def test_tau_normalisation_changes_only_the_head():
 
 
 def load_model_for_tau():
-    import longtail.models
-
-    return longtail.models.create("resnet32", num_classes=10)
+    return create("resnet32", num_classes=10)
 
 
 def test_mixed_precision_sam_ema_adamw_and_clipping_run_together(tmp_path):

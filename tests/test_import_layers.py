@@ -18,7 +18,7 @@ PACKAGE_ROOT = Path(longtail.__file__).parent
 # Lowest first: a part imports only parts of lower layers; parts of one layer do not import each other.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors"}),
-    frozenset({"registry", "paths"}),
+    frozenset({"registry", "paths", "distributed", "precision"}),
     frozenset({"config"}),
     frozenset({"data", "models"}),
     frozenset({"losses"}),

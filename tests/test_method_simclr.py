@@ -151,8 +151,8 @@ def test_one_view_batches_are_refused():
 
 
 def test_knn_monitor_predicts_training_images_by_their_own_label_and_refits_after_training():
-    from longtail.engine.distributed import DistContext
-    from longtail.engine.evaluate import Evaluator
+    from longtail.distributed import DistContext
+    from longtail.evaluation.evaluator import Evaluator
     from longtail.methods.context import create_datasets_for
 
     config = resolve("simclr-cifar10-lt-if100", [*TINY_SIMCLR, "method.args.knn_k=1"])

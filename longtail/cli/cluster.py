@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train_and_cluster(args: argparse.Namespace) -> int:
-    from longtail.engine.distributed import broadcast_object, init_distributed
+    from longtail.distributed import broadcast_object, init_distributed
     from longtail.engine.trainer import resolve_device, train
 
     if args.recipe is None and not args.resume:
@@ -121,10 +121,10 @@ def cluster_run(
     (the run's data moved)."""
     from longtail.clustering import clustering_metrics
     from longtail.config import apply_overrides, from_dict, parse_overrides
-    from longtail.engine.distributed import DistContext
-    from longtail.engine.evaluate import Evaluator
+    from longtail.distributed import DistContext
     from longtail.engine.run_files import CLUSTERING
     from longtail.engine.trainer import resolve_device
+    from longtail.evaluation.evaluator import Evaluator
     from longtail.methods import runs
     from longtail.methods.context import create_datasets_for
 

@@ -34,9 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from longtail.engine.distributed import DistContext
-    from longtail.engine.evaluate import Evaluator, format_table, table_rows, write_split_report
+    from longtail.distributed import DistContext
     from longtail.engine.trainer import resolve_device
+    from longtail.evaluation.evaluator import Evaluator, format_table, table_rows, write_split_report
     from longtail.methods import runs
     from longtail.methods.context import create_datasets_for
 

@@ -68,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
 def export_features(checkpoint: Path, out: Path, split: str, overrides: list[str] = ()) -> int:
     """Write the features, targets and training class counts of ``split`` to the .npz ``out``; ``overrides``:
     data-location settings (the run's data moved)."""
-    from longtail.engine.distributed import DistContext
-    from longtail.engine.evaluate import Evaluator
+    from longtail.distributed import DistContext
     from longtail.engine.trainer import resolve_device
-    from longtail.methods.runs import load_trained_model
+    from longtail.evaluation.evaluator import Evaluator
     from longtail.methods.context import create_datasets_for
+    from longtail.methods.runs import load_trained_model
 
     device = resolve_device("auto")
     trained = load_trained_model(checkpoint, device)

@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from longtail.engine.distributed import broadcast_object, init_distributed
+    from longtail.distributed import broadcast_object, init_distributed
     from longtail.engine.trainer import resolve_device, train
 
     config = _config(args)

@@ -39,18 +39,8 @@ from tqdm import tqdm
 from longtail.config import RunConfig, differing_keys, dump, from_dict
 from longtail.data import create_loader
 from longtail.data.augment import AugmentSpec
+from longtail.distributed import all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from longtail.engine import checkpoint as ckpt
-from longtail.engine.distributed import all_reduce_sum, barrier, init_distributed, shutdown_distributed
-from longtail.engine.evaluate import (
-    AUTO_PRECISION,
-    PRECISIONS,
-    Evaluator,
-    effective_precision,
-    format_table,
-    summarize,
-    table_rows,
-    write_split_report,
-)
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import SAM, build_optimizer, build_scheduler, check_schedule, frozen_batchnorm_stats
 from longtail.engine.run_files import (
@@ -63,12 +53,14 @@ from longtail.engine.run_files import (
     remove_run_outputs,
 )
 from longtail.errors import LongtailError
+from longtail.evaluation.evaluator import Evaluator, format_table, summarize, table_rows, write_split_report
 from longtail.evaluation.metrics import evaluate
 from longtail.methods import runs
 from longtail.methods.base import Method, Stage, create_method
 from longtail.methods.context import RunContext, StepInfo, create_datasets_for
 from longtail.methods.recipes import check_factory_options
 from longtail.models.base import Network
+from longtail.precision import AUTO_PRECISION, PRECISIONS, effective_precision
 
 STAGE_SEED_STREAM = 1_000_003  # separates the seeds of stage set-up from those of epochs
 VALIDATION_METRIC = "val_top1"

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
@@ -32,7 +31,6 @@ from longtail.errors import LongtailError
 
 if TYPE_CHECKING:
     from longtail.data.containers import DatasetInfo
-    from longtail.models.output import ModelOutput
 
 ECE_BINS = 15
 SHOTS = ("many", "medium", "few")
@@ -169,41 +167,3 @@ def evaluate_heads(
 ) -> dict[str, dict[str, Any]]:
     """``evaluate`` for each head's logits, e.g. ``{'main': ..., 'cls': ..., 'dist': ..., 'expert_0': ...}``."""
     return {name: evaluate(logits, targets, train_counts, many, few) for name, logits in heads.items()}
-
-
-def output_heads(output: ModelOutput) -> dict[str, torch.Tensor]:
-    """Every prediction a ModelOutput carries: ``main`` (``output.logits``), ``expert_<k>`` for each expert, and
-    ``<name>`` for each (B, C) entry ``<name>_logits`` of ``output.aux`` (DeiT's ``cls`` and ``dist``)."""
-    heads = {"main": output.logits}
-    if output.expert_logits is not None:
-        heads.update({f"expert_{k}": logits for k, logits in enumerate(output.expert_logits)})
-    for key, value in output.aux.items():
-        if key.endswith("_logits") and value.shape == output.logits.shape:
-            heads[key.removesuffix("_logits")] = value
-    return heads
-
-
-class LogitCollector:
-    """Gathers every head's logits and the targets over an evaluation pass (kept on the model's device)."""
-
-    def __init__(self) -> None:
-        self._logits: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self._targets: list[torch.Tensor] = []
-
-    def add(self, output: ModelOutput, targets: torch.Tensor) -> None:
-        for name, logits in output_heads(output).items():
-            self._logits[name].append(logits.detach().float())
-        self._targets.append(targets.detach())
-
-    def heads(self) -> dict[str, torch.Tensor]:
-        return {name: torch.cat(chunks) for name, chunks in self._logits.items()}
-
-    def targets(self) -> torch.Tensor:
-        return torch.cat(self._targets)
-
-    def evaluate(
-        self, train_counts: TrainCounts, many: float | None = None, few: float | None = None
-    ) -> dict[str, dict[str, Any]]:
-        if not self._targets:
-            raise LongtailError("No predictions were collected: the evaluation set is empty.")
-        return evaluate_heads(self.heads(), self.targets(), train_counts, many, few)

@@ -2,7 +2,8 @@
 
 - tau-normalisation (Kang et al., "Decoupling Representation and Classifier for Long-Tailed Recognition",
   ICLR 2020): w_c <- w_c / ||w_c||^tau for every class row of the classifier weight; tau = 0 leaves it as
-  is, tau = 1 gives unit-norm rows. (``longtail.models.heads.tau_normalize`` applies it to a model's head.)
+  is, tau = 1 gives unit-norm rows. (``longtail.models.heads.tau_normalize`` applies it to a model's head,
+  ``longtail.models.heads.tau_normalized`` to every head of a copy of a model.)
 - logit adjustment (Menon et al., ICLR 2021): z_c - tau * log pi_c (``posthoc_logit_adjust``).
 - IIF (inverse image frequency) adjustment, the APA reference's post-processing (kostas1515/AGLU ``IIFLoss``
   with ``infer=True``, its default 'rel' variant): z_c + log((N - n_c) / n_c), N = sum_c n_c

@@ -60,6 +60,7 @@ import longtail.models
 from longtail.config import LossConfig, OptimConfig, RunConfig, ScheduleConfig, stage_optim, stage_schedule
 from longtail.errors import LongtailError, unknown_name_error
 from longtail.methods.context import RunContext, StepInfo
+from longtail.models.base import unwrap
 from longtail.models.output import ModelOutput
 from longtail.registry import Registry
 
@@ -243,17 +244,6 @@ def both_views(batch: Any, method_name: str) -> torch.Tensor:
     if batch.strong is None:
         raise LongtailError(f"Method '{method_name}' needs two-view batches (Batch.strong): set data.two_views=true.")
     return torch.cat([batch.images, batch.strong])
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside DDP and torch.compile wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 @torch.no_grad()

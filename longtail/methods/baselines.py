@@ -16,13 +16,12 @@ is a recipe of ``erm``, not a method of its own:
   a freshly initialised classifier on the frozen backbone (frozen modules run in eval mode, so BatchNorm
   statistics stay fixed too).
 - tau-normalisation: ``eval.tau_norm: tau`` reports, next to the plain model, the model whose linear
-  classifier rows are divided by ``‖w_c‖^tau`` (``tau_normalized``); post-hoc logit adjustment (Menon et
-  al., ICLR 2021) likewise with ``eval.logit_adjust_tau``.
+  classifier rows are divided by ``‖w_c‖^tau`` (``longtail.models.heads.tau_normalized``); post-hoc logit
+  adjustment (Menon et al., ICLR 2021) likewise with ``eval.logit_adjust_tau``.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -32,10 +31,9 @@ from torch import nn
 
 from longtail.config import RunConfig
 from longtail.errors import LongtailError
-from longtail.methods.base import Method, register_method, unwrap
+from longtail.methods.base import Method, register_method
 from longtail.methods.context import RunContext, StepInfo
 from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing
-from longtail.models.heads import tau_normalize
 from longtail.models.output import ModelOutput
 
 
@@ -90,10 +88,3 @@ class ERM(Method):
         images, targets = self.augment(batch.images, batch.targets)
         output = self.forward(model, images, batch.meta)
         return criterion(output, targets), output
-
-
-def tau_normalized(model: nn.Module, tau: float) -> nn.Module:
-    """A copy of ``model`` whose linear head(s) are tau-normalised; ``model`` itself is unchanged."""
-    normalized = copy.deepcopy(unwrap(model))
-    normalized.replace_heads(lambda head: tau_normalize(head, tau))
-    return normalized

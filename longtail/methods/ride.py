@@ -89,9 +89,10 @@ from longtail.losses.experts import expert_cross_entropy, require_expert_logits
 from longtail.losses.ldam import ldam_margin_logits
 from longtail.losses.registry import register_loss
 from longtail.losses.weights import ldam_margins
-from longtail.methods.base import Method, Stage, register_method, unwrap
+from longtail.methods.base import Method, Stage, register_method
 from longtail.methods.context import RunContext, StepInfo
 from longtail.methods.runs import load_trained_model
+from longtail.models.base import unwrap
 from longtail.models.multi_expert import ExpertRouter, MultiExpertNetwork
 from longtail.models.output import ModelOutput
 

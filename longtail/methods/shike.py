@@ -111,8 +111,9 @@ from longtail.errors import LongtailError
 from longtail.losses.base import LongtailLoss
 from longtail.losses.experts import in_float32, require_expert_logits
 from longtail.losses.registry import register_loss
-from longtail.methods.base import Method, Stage, register_method, unwrap
+from longtail.methods.base import Method, Stage, register_method
 from longtail.methods.context import StepInfo
+from longtail.models.base import unwrap
 from longtail.models.output import ModelOutput
 
 KLReduction = Literal["batchmean", "official"]

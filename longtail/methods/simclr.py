@@ -53,9 +53,10 @@ from longtail.config import RunConfig
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
 from longtail.errors import LongtailError
 from longtail.losses.registry import register_loss
-from longtail.methods.base import Method, both_views, register_method, unwrap
+from longtail.methods.base import Method, both_views, register_method
 from longtail.methods.context import StepInfo
 from longtail.models.backbones import build_backbone
+from longtail.models.base import unwrap
 from longtail.models.label_free import ContrastiveNetwork
 from longtail.models.output import ModelOutput
 

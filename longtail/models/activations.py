@@ -37,19 +37,11 @@ same in both.
 in the backward, in float32 for bfloat16/float16 inputs (output in the input dtype; the input gradient in
 the input's memory format, so a channels_last network stays channels_last). Below float64, log1p(t) on t =
 e^{−|a|} ∈ (0, 1] is 2·atanh(u), u = t/(2 + t), by a degree-4 polynomial in u² fitted at Chebyshev nodes
-(float32 rounding accuracy at a fraction of the library log1p's cost on CPU). A bfloat16/float16 input on
-CPU takes only 2^16 values, so AGLU is computed once for each of them (per channel) and read from that
-table when the tables are at most a quarter of the input's size (``LOOKUP_MAX_SHARE``). For bfloat16 (the
-trainer's CPU autocast) the backward does the same: the three local derivatives ∂y/∂z, ∂y/∂κ, ∂y/∂l are
-tabulated at all 2^16 values, and one pass gathers them (∂/∂z = g·D[z], ∂/∂κ = Σ g·K[z], ∂/∂l = Σ g·L[z]),
-in C++ kernels (``longtail/models/kernels/aglu_lookup.cpp``, AVX-512 gathers, built on first use; see
-``longtail.models.kernels``): the elementwise derivative costs two exponentials and a logarithm per
-element, the lookup three table reads. Elsewhere the elementwise forward and the backward are fused into
-one loop each, parameter-gradient sums included, by ``torch.compile`` on CPU and CUDA for tensors of at
-least ``COMPILE_MIN_NUMEL`` elements (smaller ones and float64 run eagerly, where compiling does not pay);
-``set_aglu_kernels('auto' | 'compiled' | 'eager')`` or the environment variable ``LONGTAIL_AGLU_KERNELS``
-choose ('compiled' skips the C++ kernels). If compiling fails (no C++ compiler, no Triton), AGLU warns once
-and runs eagerly.
+(float32 rounding accuracy at a fraction of the library log1p's cost on CPU). Large 16-bit CPU inputs read
+AGLU (and, for bfloat16, its local derivatives) from tables of these formulas at all 2^16 input values,
+through C++ kernels for bfloat16; other large inputs run ``torch.compile``-fused bodies. That machinery, and
+its switches ``set_aglu_kernels``, ``LONGTAIL_AGLU_KERNELS`` and ``LONGTAIL_CPU_KERNELS``, is
+``longtail.models.aglu_kernels``.
 
 **The switch.** ``replace_activations(model, name)`` replaces every activation module of a model (see
 ``REPLACEABLE``) by a fresh instance of the named activation, one per call site, so each occurrence learns
@@ -69,14 +61,11 @@ the default is one (κ, λ) per call site, as the reference's ``UniRect()``.
 
 from __future__ import annotations
 
-import math
 import operator
-import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache, partial
-from types import ModuleType
+from functools import partial
 from typing import Any
 
 import torch
@@ -87,33 +76,26 @@ from timm.layers import activations_me as timm_act_me
 from torch import fx, nn
 
 from longtail.errors import LongtailError
-from longtail.models.kernels import cpu_extension
+from longtail.models.aglu_kernels import (
+    NativeLookup,
+    all_values,
+    derivative_tables,
+    memory_format_of,
+    native_lookup,
+    read_table,
+    run_kernel,
+    uses_lookup,
+)
 from longtail.registry import Registry, factory_options, reject_unknown_options
 
 APA_LAMBDA_MIN = 1e-4
 AGLU_LAMBDA_EPS = 1e-8
 LAMBDA_GRADS = ("exact", "official")
-KERNEL_MODES = ("auto", "compiled", "eager")
-COMPILE_MIN_NUMEL = 1 << 18
 # Q(w) = Σ c_k·w^k ≈ atanh(√w)/√w on [0, 1/9], fitted at Chebyshev nodes: 2u·Q(u²) is log1p(t) to float32
 # rounding (u = t/(2 + t)).
 LOG1P_ATANH_COEFFS = (
     1.000000003938874, 0.3333315796754127, 0.200124268616977, 0.139807094179743, 0.14087328628733034
 )
-# Inductor options per kernel. Without them, it would store the λ-gradient's long elementwise operand to
-# memory before summing it, and check every table index (which the lookup keeps in range) at a third of
-# the lookup's cost.
-COMPILE_OPTIONS: dict[str, dict[str, Any]] = {
-    "forward": {},
-    "lookup": {"assert_indirect_indexing": False},
-    "backward": {"realize_opcount_threshold": 1 << 16},
-    "tables": {"realize_opcount_threshold": 1 << 16},
-}
-LOOKUP_DTYPES = (torch.bfloat16, torch.float16)
-LOOKUP_SIZE = 1 << 16
-LOOKUP_MAX_SHARE = 4
-NATIVE_MIN_RUN = 16
-_COMPILED_DEVICES = ("cpu", "cuda")
 
 
 # ----------------------------------------------------------------------------------------------- functions
@@ -201,66 +183,14 @@ def _lookup_tables(
     values: torch.Tensor, l: torch.Tensor, kappa: torch.Tensor, exact_lambda: bool, with_grads: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The C++ kernels' tables, a row per (κ, l) of the columns (tables, 1), at every 16-bit value: AGLU in
-    the values' dtype, and (``with_grads``) float32 rows of ∂y/∂z followed by the pairs (∂y/∂κ, ∂y/∂l)
-    value by value, the layout the backward gathers. One body, so one compiled call serves both."""
+    the values' dtype, and (``with_grads``) its local derivatives as the backward gathers them
+    (``derivative_tables``). One body, so one compiled call serves both."""
     log_l, inv_l = torch.log(l), torch.reciprocal(l)
     table = _aglu_values(values, kappa, log_l, inv_l)
     if not with_grads:
         return table, None
     d_z, d_kappa, d_l = _aglu_local_grads(values.to(kappa.dtype), kappa, log_l, inv_l, exact_lambda)
-    pairs = torch.stack([d_kappa, d_l], dim=-1).flatten(1)
-    return table, torch.cat([d_z, pairs], dim=1).to(torch.float32)
-
-
-class _Kernels:
-    """Chooses eager or ``torch.compile``-fused bodies for the AGLU forward and backward."""
-
-    def __init__(self) -> None:
-        self.mode: str | None = None
-        self._compiled: dict[str, Callable[..., Any]] = {}
-        self._failed = False
-
-    def run(self, name: str, body: Callable[..., Any], size_of: torch.Tensor, *args: Any) -> Any:
-        """``body(*args)``, compiled if ``size_of`` (the activation's input) is worth it."""
-        if self._wants_compiled(size_of):
-            try:
-                if name not in self._compiled:
-                    self._compiled[name] = torch.compile(body, dynamic=None, options=COMPILE_OPTIONS[name])
-                return self._compiled[name](*args)
-            except Exception as error:  # noqa: BLE001 - any compiler failure falls back to the same math
-                self._failed = True
-                warnings.warn(f"AGLU: torch.compile failed ({type(error).__name__}: {error}); running eagerly.")
-        return body(*args)
-
-    def current_mode(self) -> str:
-        return self.mode or os.environ.get("LONGTAIL_AGLU_KERNELS", "auto")
-
-    def native(self, x: torch.Tensor) -> ModuleType | None:
-        """The C++ lookup kernels for x (bfloat16 on the CPU, mode 'auto', outside torch.compile), or None."""
-        if x.dtype != torch.bfloat16 or x.device.type != "cpu" or self.current_mode() != "auto":
-            return None
-        return None if torch.compiler.is_compiling() else cpu_extension("aglu_lookup")
-
-    def _wants_compiled(self, x: torch.Tensor) -> bool:
-        mode = self.current_mode()
-        if mode == "eager" or self._failed or torch.compiler.is_compiling():
-            return False
-        if x.device.type not in _COMPILED_DEVICES:
-            return False
-        if mode == "compiled":
-            return True
-        return x.numel() >= COMPILE_MIN_NUMEL and x.dtype != torch.float64
-
-
-_KERNELS = _Kernels()
-
-
-def set_aglu_kernels(mode: str) -> None:
-    """'auto' (C++ table-lookup kernels for large bf16 CPU tensors, torch.compile for other large tensors on
-    CPU/CUDA, eager for small ones), 'compiled' (torch.compile at every size, no C++ kernels) or 'eager'."""
-    if mode not in KERNEL_MODES:
-        raise LongtailError(f"AGLU kernels must be one of {', '.join(KERNEL_MODES)}, got {mode!r}.")
-    _KERNELS.mode = mode
+    return table, derivative_tables(d_z, d_kappa, d_l)
 
 
 class _AGLUFunction(torch.autograd.Function):
@@ -271,60 +201,35 @@ class _AGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, l: torch.Tensor, kappa: torch.Tensor, exact_lambda: bool) -> torch.Tensor:
         ctx.exact_lambda = exact_lambda
-        ctx.native = _native_lookup(x, kappa) if _uses_lookup(x, kappa) else None
+        ctx.native = native_lookup(x, kappa) if uses_lookup(x, kappa) else None
         if ctx.native is not None:
             out, derivatives = _native_forward(ctx.native, x, l, kappa, exact_lambda, any(ctx.needs_input_grad))
             ctx.save_for_backward(x, l, kappa, derivatives)
             return out
         ctx.save_for_backward(x, l, kappa)
         kappa_c, log_l, inv_l = _kernel_params(x, l, kappa)
-        if _uses_lookup(x, kappa):
+        if uses_lookup(x, kappa):
             return _lookup_values(x, kappa_c, log_l, inv_l)
-        return _KERNELS.run("forward", _aglu_values, x, x, kappa_c, log_l, inv_l)
+        return run_kernel("forward", _aglu_values, x, x, kappa_c, log_l, inv_l)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         x, l, kappa = ctx.saved_tensors[:3]
-        memory_format = _memory_format(x)
+        memory_format = memory_format_of(x)
         # One layout for both streamed inputs: a fused loop over mixed layouts is twice as slow as a copy.
         grad = grad.contiguous(memory_format=memory_format)
         if ctx.native is not None and grad.dtype == x.dtype and grad.stride() == x.stride():
-            grad_x, grad_kappa, grad_l = _native_backward(ctx.native, x, grad, ctx.saved_tensors[3], kappa)
+            grad_x, grad_kappa, grad_l = ctx.native.backward(
+                x, grad, ctx.saved_tensors[3], kappa.shape, _compute_dtype(x, kappa)
+            )
         else:
             kappa_c, log_l, inv_l = _kernel_params(x, l, kappa)
             reduce_dims = tuple(dim for dim in range(x.dim()) if kappa.shape[dim] == 1)
-            grad_x, grad_kappa, grad_l = _KERNELS.run(
+            grad_x, grad_kappa, grad_l = run_kernel(
                 "backward", _aglu_grads, x, x, grad, kappa_c, log_l, inv_l, reduce_dims, ctx.exact_lambda,
                 memory_format,
             )
         return grad_x, grad_l.to(l.dtype), grad_kappa.to(kappa.dtype), None
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
-def _uses_lookup(x: torch.Tensor, kappa: torch.Tensor) -> bool:
-    """A 16-bit CPU input whose tables (one per channel) cost at most a quarter of computing it elementwise."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in LOOKUP_DTYPES
-        and kappa.numel() * LOOKUP_SIZE * LOOKUP_MAX_SHARE <= x.numel()
-    )
-
-
-@cache
-def _all_values(dtype: torch.dtype) -> torch.Tensor:
-    """Every value of a 16-bit dtype, at index (signed bit pattern + 2^15)."""
-    return torch.arange(-LOOKUP_SIZE // 2, LOOKUP_SIZE // 2, dtype=torch.int32).to(torch.int16).view(dtype)
-
-
-def _lookup(bits: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return table[bits.to(torch.int32) + offsets]
 
 
 def _lookup_values(x: torch.Tensor, kappa: torch.Tensor, log_l: torch.Tensor, inv_l: torch.Tensor) -> torch.Tensor:
@@ -332,89 +237,25 @@ def _lookup_values(x: torch.Tensor, kappa: torch.Tensor, log_l: torch.Tensor, in
     the elementwise computation at a fraction of its cost. The table is a kernel of its own: compiled
     together with the lookup, inductor would inline its formula into the lookup."""
     column = (kappa.numel(), 1)
-    table = _KERNELS.run(
-        "forward", _aglu_values, x, _all_values(x.dtype), kappa.reshape(column), log_l.reshape(column),
+    table = run_kernel(
+        "forward", _aglu_values, x, all_values(x.dtype), kappa.reshape(column), log_l.reshape(column),
         inv_l.reshape(column),
     )
-    order = _dense_order(x)
-    bits = x.permute(order).contiguous().view(torch.int16)
-    offsets = _table_offsets(tuple(kappa.shape), tuple(order))
-    return _KERNELS.run("lookup", _lookup, x, bits, table.reshape(-1), offsets).permute(_inverse(order))
-
-
-@dataclass(frozen=True)
-class _NativeLookup:
-    """How the C++ kernels walk x: ``order`` (a permutation making x contiguous, or None: any dense layout
-    will do with one table) as (outer, ``channels``, ``inner``) runs, one table per channel or one for all."""
-
-    kernels: ModuleType
-    channels: int
-    inner: int
-    order: list[int] | None
-
-    def walked(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if self.order is None else tensor.permute(self.order)
-
-    def restored(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if self.order is None else tensor.permute(_inverse(self.order))
-
-
-def _native_lookup(x: torch.Tensor, kappa: torch.Tensor) -> _NativeLookup | None:
-    """The C++ kernels' walk over x where they serve it: bfloat16 on the CPU, dense, and for per-channel
-    tables runs of at least ``NATIVE_MIN_RUN`` elements (a channels_last input's channels are innermost:
-    runs of one, where they do not pay)."""
-    kernels = _KERNELS.native(x)
-    order = _dense_order(x)
-    if kernels is None or not x.permute(order).is_contiguous():  # not dense: gaps or overlaps in memory
-        return None
-    if kappa.numel() == 1:
-        return _NativeLookup(kernels, 1, x.numel(), None)
-    channel_dim = next(dim for dim in range(x.dim()) if kappa.shape[dim] != 1)
-    inner = math.prod(x.shape[dim] for dim in order[order.index(channel_dim) + 1 :])
-    return _NativeLookup(kernels, x.shape[channel_dim], inner, order) if inner >= NATIVE_MIN_RUN else None
+    return read_table(x, table, kappa.shape)
 
 
 def _native_forward(
-    native: _NativeLookup, x: torch.Tensor, l: torch.Tensor, kappa: torch.Tensor, exact_lambda: bool,
+    native: NativeLookup, x: torch.Tensor, l: torch.Tensor, kappa: torch.Tensor, exact_lambda: bool,
     with_grads: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """AGLU(x) by the C++ lookup, and the derivative tables for the backward when gradients are wanted."""
     dtype = _compute_dtype(x, kappa)
     column = (kappa.numel(), 1)
-    table, derivatives = _KERNELS.run(
-        "tables", _lookup_tables, x, _all_values(x.dtype), l.to(dtype).reshape(column),
+    table, derivatives = run_kernel(
+        "tables", _lookup_tables, x, all_values(x.dtype), l.to(dtype).reshape(column),
         kappa.to(dtype).reshape(column), exact_lambda, with_grads,
     )
-    out = native.kernels.forward(native.walked(x), table, native.channels, native.inner)
-    return native.restored(out), derivatives
-
-
-def _native_backward(
-    native: _NativeLookup, x: torch.Tensor, grad: torch.Tensor, derivatives: torch.Tensor, kappa: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(∂/∂z, ∂/∂κ, ∂/∂l) by one C++ pass that gathers the derivative tables (grad in x's layout)."""
-    grad_x, sums = native.kernels.backward(
-        native.walked(x), native.walked(grad), derivatives, native.channels, native.inner
-    )
-    sums = sums.to(_compute_dtype(x, kappa))
-    return native.restored(grad_x), sums[:, 0].reshape(kappa.shape), sums[:, 1].reshape(kappa.shape)
-
-
-@cache
-def _table_offsets(param_shape: tuple[int, ...], order: tuple[int, ...]) -> torch.Tensor:
-    """Where each channel's table starts in the flat tables, plus 2^15 (see ``_all_values``), permuted."""
-    channels = torch.arange(math.prod(param_shape), dtype=torch.int32).reshape(param_shape)
-    return (LOOKUP_SIZE // 2 + LOOKUP_SIZE * channels).permute(order)
-
-
-def _dense_order(x: torch.Tensor) -> list[int]:
-    """The dims of x from outermost to innermost in memory: x.permute of them is contiguous for a dense x,
-    so the lookup runs over memory in order and its result keeps x's layout."""
-    return sorted(range(x.dim()), key=lambda dim: -x.stride(dim))
-
-
-def _inverse(order: list[int]) -> list[int]:
-    return sorted(range(len(order)), key=order.__getitem__)
+    return native.forward(x, table), derivatives
 
 
 def _kernel_params(x: torch.Tensor, l: torch.Tensor, kappa: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -83,6 +83,17 @@ def load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: str
     module.load_state_dict({key: state[key] for key in own})
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside DDP and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Evaluation mode inside the block; every module's previous train/eval flag after it."""

@@ -14,7 +14,8 @@
   1) are the only trainable parameters; the wrapped head h is frozen.
 
 Models swap their heads with ``model.replace_heads(fn)`` (every head, single or one per expert), e.g.
-``model.replace_heads(lambda head: tau_normalize(head, 1.0))`` or ``model.replace_heads(LWSHead.from_head)``.
+``model.replace_heads(lambda head: tau_normalize(head, 1.0))`` or ``model.replace_heads(LWSHead.from_head)``;
+``tau_normalized(model, tau)`` returns a tau-normalised copy of a model.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail.errors import LongtailError, unknown_name_error
+from longtail.models.base import unwrap
 from longtail.registry import check_options
 
 
@@ -159,10 +161,6 @@ _HEADS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def head_kinds() -> list[str]:
-    return sorted(_HEADS)
-
-
 def create_head(kind: str, in_features: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """A fresh head of ``kind`` ('linear', 'cosine', 'cosnorm', 'tau_norm', 'lws') mapping in_features ->
     num_classes.
@@ -182,6 +180,13 @@ def create_head(kind: str, in_features: int, num_classes: int, **kwargs: Any) ->
 def tau_normalize(head: nn.Module, tau: float) -> TauNormHead:
     """Post-hoc tau-normalisation of a trained linear head (returns a new head)."""
     return TauNormHead.from_linear(head, tau)
+
+
+def tau_normalized(model: nn.Module, tau: float) -> nn.Module:
+    """A copy of ``model`` whose linear head(s) are tau-normalised; ``model`` itself is unchanged."""
+    normalized = copy.deepcopy(unwrap(model))
+    normalized.replace_heads(lambda head: tau_normalize(head, tau))
+    return normalized
 
 
 def _num_classes_of(head: nn.Module) -> int:

@@ -1,59 +1,45 @@
-"""Evaluation for the trainer and the CLI: logits over a split (sharded under DDP), post-hoc corrections,
-metrics of every head, results.json and the per-class plot."""
+"""A run's evaluation, for the trainer, the CLI and the API: every head's logits over a split (sharded under
+DDP), post-hoc corrections, metrics of every head, the summary and table, results.json and the per-class plot.
+
+The method is a duck type (``PredictingMethod``): the evaluator calls its ``predict`` and ``extra_metrics``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from longtail.config import RunConfig
 from longtail.data import create_loader
-from longtail.engine.distributed import DistContext, all_gather_rows
-from longtail.evaluation.metrics import evaluate_heads, output_heads
+from longtail.distributed import DistContext, all_gather_rows
+from longtail.evaluation.metrics import evaluate_heads
 from longtail.evaluation.plot import plot_per_class_accuracy
 from longtail.evaluation.posthoc import posthoc_iif, posthoc_logit_adjust
+from longtail.evaluation.predictions import LogitCollector, Predictions
 from longtail.evaluation.report import format_shot_table, write_results
-from longtail.methods.baselines import tau_normalized
 from longtail.models.base import eval_mode
+from longtail.models.heads import tau_normalized
+from longtail.models.output import ModelOutput
+from longtail.precision import PRECISIONS, effective_precision
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-AUTO_PRECISION = "auto"
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively. A CPU without AVX-512 (BF16) or AMX emulates it, which
-    made a ResNet-32 step over 10x slower than float32 on an AVX2-only EPYC."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def effective_precision(precision: str, device: torch.device) -> str:
-    """``train.precision`` as it runs on ``device``: ``auto`` is bf16 where the device computes it natively,
-    else fp32; the other values are kept."""
-    if precision == AUTO_PRECISION:
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
 SUMMARY_KEYS = ("top1", "top5", "many", "medium", "few")
 OPTIONAL_SUMMARY_KEYS = ("head", "mid", "tail")  # DeiT-LT's rank groups, from ``Method.extra_metrics``
-PER_IMAGE_SUFFIX = "_per_image"
 PER_IMAGE_KEYS = "per_image_keys"  # names of the main head's per-image averages, e.g. ['experts', 'gmacs']
 
 
-@dataclass
-class Predictions:
-    """One pass over a split, in dataset order: every head's logits (N, C), the targets (N,) and every
-    per-image number (N,) the method reported as ``output.aux['<name>_per_image']``."""
+class PredictingMethod(Protocol):
+    """What the evaluator needs of a method (``longtail.methods.base.Method`` has it)."""
 
-    heads: dict[str, torch.Tensor]
-    targets: torch.Tensor
-    per_image: dict[str, torch.Tensor]
+    def predict(
+        self, model: nn.Module, images: torch.Tensor, meta: dict[str, torch.Tensor] | None = None
+    ) -> ModelOutput: ...
+
+    def extra_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class Evaluator:
@@ -66,7 +52,9 @@ class Evaluator:
     ``gmacs_per_image``) is averaged over the split into the main head's metrics as ``<name>``.
     """
 
-    def __init__(self, config: RunConfig, method: Any, info: Any, device: torch.device, context: DistContext) -> None:
+    def __init__(
+        self, config: RunConfig, method: PredictingMethod, info: Any, device: torch.device, context: DistContext
+    ) -> None:
         self.config = config
         self.method = method
         self.info = info
@@ -105,9 +93,7 @@ class Evaluator:
         Under DDP each process predicts its shard; the rows are gathered and put back in dataset order by
         ``batch.indices``.
         """
-        chunks: dict[str, list[torch.Tensor]] = {}
-        per_image: dict[str, list[torch.Tensor]] = {}
-        targets, indices = [], []
+        collector = LogitCollector()
         with eval_mode(model):
             for batch in self.loader(dataset):
                 with self.autocast():
@@ -115,23 +101,10 @@ class Evaluator:
                         output = self.method.predict(model, batch.images, batch.meta)
                     else:
                         output = self.method.predict(model, batch.images)
-                for name, logits in output_heads(output).items():
-                    chunks.setdefault(name, []).append(logits.float())
-                for name, values in per_image_values(output).items():
-                    per_image.setdefault(name, []).append(values.float())
-                targets.append(batch.targets)
-                indices.append(batch.indices)
-        order = self._gather(torch.cat(indices))
+                collector.add(output, batch.targets, batch.indices)
+        order = self._gather(collector.indices())
         size = len(dataset)
-
-        def in_order(parts: list[torch.Tensor]) -> torch.Tensor:
-            return _in_order(self._gather(torch.cat(parts)), order, size)
-
-        return Predictions(
-            heads={name: in_order(parts) for name, parts in chunks.items()},
-            targets=in_order(targets),
-            per_image={name: in_order(parts) for name, parts in per_image.items()},
-        )
+        return collector.predictions().map(lambda rows: _in_order(self._gather(rows), order, size))
 
     def _gather(self, rows: torch.Tensor) -> torch.Tensor:
         return all_gather_rows(rows, self.context).cpu()
@@ -159,16 +132,6 @@ class Evaluator:
         if settings.iif:
             variants["iif"] = posthoc_iif(logits, self.info.train_counts)
         return variants
-
-
-def per_image_values(output: Any) -> dict[str, torch.Tensor]:
-    """``<name>`` -> the (B,) tensor ``output.aux['<name>_per_image']``, for every such entry."""
-    batch = output.logits.shape[0]
-    return {
-        key.removesuffix(PER_IMAGE_SUFFIX): value
-        for key, value in output.aux.items()
-        if key.endswith(PER_IMAGE_SUFFIX) and isinstance(value, torch.Tensor) and value.shape == (batch,)
-    }
 
 
 def per_image_averages(metrics: Mapping[str, Any]) -> dict[str, float]:
