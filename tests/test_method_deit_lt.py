@@ -18,7 +18,8 @@ from longtail.config import LossConfig, MethodConfig, ModelConfig, RunConfig
 from longtail.data.containers import Batch
 from longtail.errors import LongtailError
 from longtail.losses.weights import effective_number_weights
-from longtail.methods.deit_lt import DEIT_LT_CUT_POINTS, DeiTLT, FrozenTeacher, LabelTeacher, rank_groups
+from longtail.evaluation.metrics import rank_groups
+from longtail.methods.deit_lt import DEIT_LT_CUT_POINTS, DeiTLT, FrozenTeacher, LabelTeacher
 from longtail.methods.recipes import resolve
 from longtail.models.output import ModelOutput
 from tiny import set_up_on_cpu, step_of

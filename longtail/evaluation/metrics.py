@@ -14,6 +14,9 @@
   2017): sum_b |B_b| / N * |acc(B_b) - conf(B_b)|, bin b = (b/15, (b+1)/15];
 - ``nll``: mean negative log-likelihood (natural log);
 - ``confusion`` (C, C) int64, rows = true class, columns = predicted class.
+
+``rank_groups`` / ``rank_group_accuracies``: Head / Mid / Tail by class rank at two cut points, as DeiT-LT
+reports them.
 """
 
 from __future__ import annotations
@@ -167,3 +170,26 @@ def evaluate_heads(
 ) -> dict[str, dict[str, Any]]:
     """``evaluate`` for each head's logits, e.g. ``{'main': ..., 'cls': ..., 'dist': ..., 'expert_0': ...}``."""
     return {name: evaluate(logits, targets, train_counts, many, few) for name, logits in heads.items()}
+
+
+def rank_groups(train_counts: Sequence[int], cut_points: Sequence[int]) -> dict[str, np.ndarray]:
+    """Head / Mid / Tail by rank (DeiT-LT's groups): the classes ranked by descending training count (ties by
+    class index), cut at the two ranks ``cut_points``. On CIFAR-LT the rank is the class index; on ImageNet-LT
+    and iNat it is the official ``class_map`` order (classes sorted by frequency)."""
+    first, second = cut_points
+    if not 0 < first < second < len(train_counts):
+        raise LongtailError(
+            f"Rank-group cut points must satisfy 0 < first < second < {len(train_counts)} (the number of classes), "
+            f"got {list(cut_points)}."
+        )
+    ranked = np.argsort(-np.asarray(train_counts), kind="stable")
+    return {"head": ranked[:first], "mid": ranked[first:second], "tail": ranked[second:]}
+
+
+def rank_group_accuracies(per_class: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Mean per-class accuracy of each group (classes without test samples left out; None if none is left)."""
+    result: dict[str, float | None] = {}
+    for name, classes in groups.items():
+        tested = per_class[classes][~np.isnan(per_class[classes])]
+        result[name] = float(tested.mean()) if tested.size else None
+    return result

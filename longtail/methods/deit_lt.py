@@ -95,11 +95,12 @@ from torch import Tensor, nn
 
 from longtail.config import RunConfig
 from longtail.errors import LongtailError
+from longtail.evaluation.metrics import rank_group_accuracies, rank_groups
 from longtail.losses.base import LongtailLoss, loss_dtype
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, register_method
-from longtail.methods.context import RunContext, StepInfo
 from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing
+from longtail.methods.context import RunContext, StepInfo
 from longtail.methods.runs import load_trained_model
 from longtail.models.output import ModelOutput
 
@@ -237,32 +238,6 @@ DEIT_LT_CUT_POINTS: dict[str, tuple[int, int]] = {
     "imagenet-lt": (390, 835),
     "inat2018": (842, 4543),
 }
-RANK_GROUPS = ("head", "mid", "tail")
-
-
-def rank_groups(train_counts: Sequence[int], cut_points: Sequence[int]) -> dict[str, np.ndarray]:
-    """DeiT-LT's Head / Mid / Tail: the classes ranked by descending training count (ties by class index),
-    cut at the two ranks ``cut_points``. On CIFAR-LT the rank is the class index; on ImageNet-LT and iNat it
-    is the official ``class_map`` order (classes sorted by frequency)."""
-    first, second = cut_points
-    if not 0 < first < second < len(train_counts):
-        raise LongtailError(
-            f"DeiT-LT cut points must satisfy 0 < first < second < {len(train_counts)} (the number of classes), "
-            f"got {list(cut_points)}."
-        )
-    ranked = np.argsort(-np.asarray(train_counts), kind="stable")
-    return {"head": ranked[:first], "mid": ranked[first:second], "tail": ranked[second:]}
-
-
-def rank_group_accuracies(per_class: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, float | None]:
-    """Mean per-class accuracy of each group (classes without test samples left out; None if none is left)."""
-    result: dict[str, float | None] = {}
-    for name, classes in groups.items():
-        tested = per_class[classes][~np.isnan(per_class[classes])]
-        result[name] = float(tested.mean()) if tested.size else None
-    return result
-
-
 class FrozenTeacher:
     """A trained classifier used as a fixed function of the student's images: eval mode, no gradient.
 

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from longtail.errors import LongtailError
+from longtail.models.activations import replace_activations
 from longtail.registry import Registry
 
 MODELS = Registry("model", reserved=("num_classes",))
@@ -30,8 +31,6 @@ def create(
         raise LongtailError("activation_options are given but no activation; set model.activation (e.g. aglu).")
     model = factory(num_classes=num_classes, **kwargs)
     if activation is not None:
-        from longtail.models.activations import replace_activations
-
         replace_activations(model, activation, **(activation_options or {}))
     return model
 
