@@ -7,15 +7,24 @@ trainer), ``evaluation`` (metrics and reports), ``clustering`` (P2OT / SP2OT) an
 run settings. Imports flow one way (``tests/test_import_layers.py`` checks it): config -> data, models ->
 losses -> evaluation, clustering -> methods -> engine -> api, export -> cli.
 
-The Python API (``longtail.api``) is exported here: ``load_run``, ``run_datasets``, ``create_datasets``,
-``evaluate_run``, ``predict`` and ``Prediction``. It is imported on first use, so ``import longtail`` stays
+The Python API (``longtail.api``) is exported here: ``load_config``, ``train``, ``load_run``, ``run_datasets``,
+``create_datasets``, ``evaluate_run``, ``predict`` and ``Prediction``. It is imported on first use, so ``import longtail`` stays
 cheap (it loads no torch).
 """
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Prediction", "create_datasets", "evaluate_run", "load_run", "predict", "run_datasets"]
+__all__ = [
+    "Prediction",
+    "create_datasets",
+    "evaluate_run",
+    "load_config",
+    "load_run",
+    "predict",
+    "run_datasets",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:

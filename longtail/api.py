@@ -1,9 +1,12 @@
-"""The Python API: load a trained run, build its datasets, evaluate it and predict with it.
+"""The Python API: resolve a recipe and train it, load a trained run, build its datasets, evaluate it and
+predict with it.
 
 Everything here is exported from ``longtail``::
 
     import longtail
 
+    config = longtail.load_config("digits-ce", ["budget=10"])  # a recipe name or YAML file, and overrides
+    summary = longtail.train(config, "runs/digits-ce")           # the summary `longtail train` prints from
     run = longtail.load_run("runs/digits-ride/20250101-120000")  # a run directory or a .pt checkpoint
     results = longtail.evaluate_run(run, split="test")            # every head's metrics
     print(results["main"]["top1"], results["main"]["few"])
@@ -23,12 +26,15 @@ from typing import Any
 import torch
 from PIL import Image
 
+from longtail.config import RunConfig
 from longtail.data import DatasetSplits, create_datasets
 from longtail.data.loaders import load_image
 from longtail.distributed import DistContext
+from longtail.engine import trainer
 from longtail.errors import LongtailError
 from longtail.evaluation.evaluator import Evaluator
 from longtail.methods.context import create_datasets_for
+from longtail.methods.recipes import resolve
 from longtail.methods.runs import TrainedModel, load_trained_model
 
 SPLITS = ("train", "val", "test")
@@ -46,6 +52,18 @@ class Prediction:
     def label(self) -> str:
         """The name of the most probable class."""
         return self.top[0][0]
+
+
+def load_config(recipe: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """The run settings of ``recipe`` (a shipped recipe's name, or a YAML file) with ``key=value`` overrides
+    (``budget=E`` compresses the schedule), every option checked against what it configures."""
+    return resolve(recipe, list(overrides))
+
+
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train ``config`` into ``run_dir`` as ``longtail train`` does (an unfinished run there is resumed when
+    ``resume``) and return its summary: the last and best epochs' metrics of every head."""
+    return trainer.train(config, run_dir, resume=resume)
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -97,4 +115,13 @@ def _split(run: TrainedModel, split: str) -> Any:
     return dataset
 
 
-__all__ = ["Prediction", "create_datasets", "evaluate_run", "load_run", "predict", "run_datasets"]
+__all__ = [
+    "Prediction",
+    "create_datasets",
+    "evaluate_run",
+    "load_config",
+    "load_run",
+    "predict",
+    "run_datasets",
+    "train",
+]

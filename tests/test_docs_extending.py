@@ -12,7 +12,7 @@ import pytest
 
 from longtail.data.datasets import DATASETS
 from longtail.losses import LOSSES
-from longtail.methods.base import METHODS
+from longtail.methods.base import METHODS, import_method_modules
 from longtail.models import MODELS
 
 DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
@@ -24,7 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def registries_restored():
     """The page registers new names: each registry gets them back out after the test, so that tests iterating a
-    registry never meet them."""
+    registry never meet them. Every shipped method registers first (they do lazily, on first use), so that
+    none is lost with the page's."""
+    import_method_modules()
     saved = [dict(registry._entries) for registry in REGISTRIES]
     yield
     for registry, entries in zip(REGISTRIES, saved, strict=True):
@@ -47,5 +49,5 @@ def test_the_extending_page_runs_as_written(tmp_path, registries_restored):
     assert 0.0 <= summary["last_test"]["main"]["top1"] <= 1.0
     assert (tmp_path / "runs" / "my-run" / "best.pt").is_file()
     assert "Did you mean 'margin_epoch'?" in printed.getvalue()
-    budgeted = namespace["resolve"](str(tmp_path / "my-recipe.yaml"), ["budget=2"])
+    budgeted = namespace["longtail"].load_config(str(tmp_path / "my-recipe.yaml"), ["budget=2"])
     assert budgeted.loss.args["margin_epoch"] == 1 and budgeted.schedule.epochs == 2
