@@ -139,6 +139,16 @@ def test_a_model_that_is_not_a_network_is_refused_with_the_fix(tmp_path, monkeyp
         Trainer(tiny_config(), tmp_path)
 
 
+def test_a_loss_that_is_not_a_longtail_loss_is_refused_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(ERM, "build_loss", lambda self, loss: nn.CrossEntropyLoss())
+    trainer = Trainer(tiny_config(), tmp_path)
+    try:
+        with pytest.raises(LongtailError, match="CrossEntropyLoss, not a longtail.losses.Loss: subclass Loss"):
+            trainer.fit()
+    finally:
+        trainer.close()
+
+
 def test_methods_get_the_run_context_and_each_steps_place_in_optimiser_steps(tmp_path, monkeypatch):
     seen: list[StepInfo] = []
     contexts: list[RunContext] = []

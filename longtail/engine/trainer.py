@@ -59,6 +59,7 @@ from longtail.methods import runs
 from longtail.methods.base import Method, Stage, create_method
 from longtail.methods.context import RunContext, StepInfo, create_datasets_for
 from longtail.methods.recipes import check_factory_options
+from longtail.losses import Loss
 from longtail.models.base import Network
 from longtail.precision import AUTO_PRECISION, PRECISIONS, effective_precision
 
@@ -353,7 +354,7 @@ class Trainer:
             optimizer=optimizer,
             scheduler=scheduler,
             scaler=scaler,
-            criterion=self.method.build_loss(stage.loss).to(self.device),
+            criterion=checked_loss(self.method.build_loss(stage.loss), stage).to(self.device),
             loader=loader,
             step_model=self._wrap(self.model),
             steps_per_epoch=steps_per_epoch,
@@ -434,7 +435,7 @@ class Trainer:
                 ) from None
             seen += len(batch)
             loss_sum += value * len(batch)
-            for name, part in getattr(run.criterion, "parts", {}).items():
+            for name, part in run.criterion.parts.items():
                 part_sums[name] = part_sums.get(name, 0.0) + part.detach().double().cpu() * len(batch)
             lr = run.optimizer.param_groups[0]["lr"]
             rate = seen * self.distributed.world_size / max(time.perf_counter() - started, 1e-9)
@@ -593,6 +594,17 @@ def checked_network(model: nn.Module, config: RunConfig) -> Network:
             "forward_features and head_modules."
         )
     return model
+
+
+def checked_loss(criterion: nn.Module, stage: Stage) -> Loss:
+    """The stage's loss, refused with the fix when it is not a ``Loss``: the trainer gives it the epoch
+    (``set_epoch``) and logs its ``parts``."""
+    if not isinstance(criterion, Loss):
+        raise LongtailError(
+            f"Loss '{stage.loss.name}' of stage '{stage.name}' is a {type(criterion).__name__}, not a "
+            "longtail.losses.Loss: subclass Loss (or LongtailLoss, which keeps the class counts)."
+        )
+    return criterion
 
 
 def no_best() -> dict[str, Any]:

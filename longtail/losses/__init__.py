@@ -2,8 +2,9 @@
 
 Baseline losses live in this package; each paper's loss lives in its method module
 (``longtail.methods.<paper>``) and registers into the same ``LOSSES`` registry when that module is imported
-(``import longtail.methods`` registers them all; a method's run always has). Every loss is an
-``nn.Module`` with ``forward(output: ModelOutput, targets) -> Tensor`` and ``set_epoch(epoch)`` (0-based).
+(``import longtail.methods`` registers them all; a method's run always has). Every loss is a ``Loss``
+(``longtail.losses.base``): ``forward(output: ModelOutput, targets) -> Tensor``, ``set_epoch(epoch)`` (0-based)
+and the ``parts`` it logs; ``LongtailLoss`` adds the class counts and deferred re-weighting.
 
 A loss's options (``loss.args``) are its keyword parameters less ``class_counts``; a recipe's are checked
 against them when it resolves. An option that counts epochs is declared in the loss class's ``epoch_args``
@@ -21,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from longtail.losses.balanced_softmax import BalancedSoftmaxLoss, balanced_softmax_loss
-from longtail.losses.base import LongtailLoss, weighted_cross_entropy
+from longtail.losses.base import LongtailLoss, Loss, weighted_cross_entropy
 from longtail.losses.class_balanced import ClassBalancedLoss
 from longtail.losses.cross_entropy import CrossEntropyLoss
 from longtail.losses.focal import FocalLoss, focal_loss
@@ -47,6 +48,7 @@ __all__ = [
     "LDAMLoss",
     "LogitAdjustmentLoss",
     "LongtailLoss",
+    "Loss",
     "balanced_softmax_loss",
     "create",
     "effective_number_weights",

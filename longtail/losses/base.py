@@ -54,20 +54,34 @@ def weighted_cross_entropy(
     return per_sample.mean()
 
 
-class LongtailLoss(nn.Module):
-    """Base of the baseline losses.
+class Loss(nn.Module):
+    """What the trainer requires of every loss: ``forward(output, targets)``; ``set_epoch(epoch)``, called
+    before each epoch (0-based within the stage) and kept as ``self.epoch``; ``parts``, the named, detached
+    terms of the last call, which the trainer logs as ``loss_<name>``.
 
-    Holds the training ``class_counts`` and the 0-based epoch set by the trainer through ``set_epoch``.
-    Deferred re-weighting (DRW, Cao et al., NeurIPS 2019): from 0-based epoch ``drw_epoch`` on, the loss of a
-    sample of class c is multiplied by the class-balanced weight w_c = (1 - beta) / (1 - beta^n_c) (scaled to
-    sum to C); ``drw_epoch=None`` never re-weights, ``drw_epoch=0`` re-weights from the start. RIDE/LDAM code
-    counts epochs from 1 and re-weights when ``epoch > reweight_epoch``: that is ``drw_epoch = reweight_epoch``.
-
-    ``epoch_args`` names the options of a loss class that count epochs (``("drw_epoch",)`` where the subclass
+    ``epoch_args`` names the options of a loss class that count epochs (``("drw_epoch",)`` where a subclass
     takes ``drw_epoch``): ``budget=E`` scales those with the schedule (``longtail.losses`` docstring).
     """
 
     epoch_args: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
+class LongtailLoss(Loss):
+    """Base of the losses that weigh classes by their training counts, which it holds as ``class_counts``.
+
+    Deferred re-weighting (DRW, Cao et al., NeurIPS 2019): from 0-based epoch ``drw_epoch`` on, the loss of a
+    sample of class c is multiplied by the class-balanced weight w_c = (1 - beta) / (1 - beta^n_c) (scaled to
+    sum to C); ``drw_epoch=None`` never re-weights, ``drw_epoch=0`` re-weights from the start. RIDE/LDAM code
+    counts epochs from 1 and re-weights when ``epoch > reweight_epoch``: that is ``drw_epoch = reweight_epoch``.
+    """
 
     def __init__(
         self,
@@ -88,16 +102,10 @@ class LongtailLoss(nn.Module):
         self.drw_epoch = drw_epoch
         self.beta = beta
         self.reduction = check_reduction(reduction)
-        self.epoch = 0
-        self.parts: dict[str, torch.Tensor] = {}
 
     @property
     def num_classes(self) -> int:
         return self.class_counts.numel()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the trainer before each epoch, with the 0-based epoch."""
-        self.epoch = int(epoch)
 
     def class_weights(self) -> torch.Tensor | None:
         """The per-class weights in use at the current epoch (float64), or None."""

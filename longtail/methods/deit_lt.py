@@ -98,7 +98,7 @@ from longtail.errors import LongtailError
 from longtail.evaluation.metrics import rank_group_accuracies, rank_groups
 from longtail.losses.base import LongtailLoss, loss_dtype
 from longtail.losses.registry import register_loss
-from longtail.methods.base import Method, register_method
+from longtail.methods.base import Method, Stage, register_method
 from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing
 from longtail.methods.context import RunContext, StepInfo
 from longtail.methods.runs import load_trained_model
@@ -388,6 +388,7 @@ class DeiTLT(Method):
         self.rank_groups = None if cut_points is None else rank_groups(info.train_counts, cut_points)
         self.teacher: FrozenTeacher | LabelTeacher | None = None
         self.random_erasing: RandomErasing | None = None
+        self.drw_epoch: int | None = config.loss.args.get("drw_epoch")  # the current stage's, from prepare_stage
 
     def setup(self, context: RunContext) -> None:
         """Load the teacher from ``teacher`` (unless one was attached to ``self.teacher`` already) and build
@@ -414,12 +415,16 @@ class DeiTLT(Method):
                     "no loss.args.drw_epoch; set one or set no_mixup_drw=false."
                 )
 
-    def mixing(self, criterion: nn.Module, epoch: int) -> bool:
-        """Whether this (0-based) epoch mixes: Mixup is configured and, with ``no_mixup_drw``, DRW has not begun."""
+    def prepare_stage(self, stage: Stage, model: nn.Module) -> None:
+        super().prepare_stage(stage, model)
+        self.drw_epoch = stage.loss.args.get("drw_epoch")
+
+    def mixing(self, epoch: int) -> bool:
+        """Whether this (0-based) epoch of the stage mixes: Mixup is configured and, with ``no_mixup_drw``, the
+        stage's DRW (its ``loss.args.drw_epoch``) has not begun."""
         if self.mixup is None:
             return False
-        drw_epoch = getattr(criterion, "drw_epoch", None)
-        return not (self.no_mixup_drw and drw_epoch is not None and epoch >= drw_epoch)
+        return not (self.no_mixup_drw and self.drw_epoch is not None and epoch >= self.drw_epoch)
 
     def augment(self, images: Tensor, targets: Tensor, mix: bool) -> tuple[Tensor, Tensor]:
         """Random erasing, then (if ``mix``) Mixup/CutMix of the batch with smoothed soft targets; returns
@@ -429,7 +434,7 @@ class DeiTLT(Method):
     def training_step(
         self, model: nn.Module, batch: Any, criterion: nn.Module, step: StepInfo
     ) -> tuple[Tensor, ModelOutput]:
-        images, targets = self.augment(batch.images, batch.targets, self.mixing(criterion, step.epoch))
+        images, targets = self.augment(batch.images, batch.targets, self.mixing(step.epoch))
         output = model(images)
         if self.teacher is not None:
             output.aux["teacher_logits"] = self.teacher(images, targets)

@@ -84,6 +84,7 @@ from longtail.clustering.metrics import confusion_cluster_metrics
 from longtail.config import RunConfig
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
 from longtail.errors import LongtailError, unknown_name_error
+from longtail.losses.base import Loss
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, Stage, both_views, register_method
 from longtail.methods.context import StepInfo
@@ -117,7 +118,7 @@ def swapped_prediction_loss(logits: Tensor, plans: Tensor) -> Tensor:
 
 
 @register_loss(LOSS_NAME)
-class SwappedPredictionLoss(nn.Module):
+class SwappedPredictionLoss(Loss):
     """Swapped-prediction soft cross-entropy over the views stacked in ``output.logits`` (V·B, K), view-major,
     with ``targets`` the (V·B, K) transport plans of the same rows (see :func:`swapped_prediction_loss`).
 
@@ -131,10 +132,6 @@ class SwappedPredictionLoss(nn.Module):
         if views < 2:
             raise LongtailError(f"Swapped prediction needs at least 2 views; got views={views}.")
         self.views = views
-        self.parts: dict[str, Tensor] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        """Nothing depends on the epoch here (the method ramps rho)."""
 
     def forward(self, output: ModelOutput, targets: Tensor, rho: float = 1.0) -> Tensor:
         logits = output.logits.float()

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from longtail.config import RunConfig
 from longtail.data.samplers import LABEL_FREE_SAMPLERS, sampler_name
 from longtail.errors import LongtailError
+from longtail.losses.base import Loss
 from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, both_views, register_method
 from longtail.methods.context import StepInfo
@@ -83,7 +84,7 @@ def nt_xent(projections: Tensor, temperature: float) -> Tensor:
 
 
 @register_loss(LOSS_NAME)
-class NTXentLoss(nn.Module):
+class NTXentLoss(Loss):
     """NT-Xent over ``output.logits``, the (2B, P) projections of two views stacked view-major; no targets.
 
     ``class_counts`` is accepted for the loss registry's interface and never used (SimCLR has no labels).
@@ -94,9 +95,6 @@ class NTXentLoss(nn.Module):
         if temperature <= 0:
             raise LongtailError(f"loss.args.temperature of '{LOSS_NAME}' must be > 0, got {temperature}.")
         self.temperature = temperature
-
-    def set_epoch(self, epoch: int) -> None:
-        """Nothing depends on the epoch."""
 
     def forward(self, output: ModelOutput) -> Tensor:
         return nt_xent(output.logits, self.temperature)
