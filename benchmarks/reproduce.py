@@ -124,7 +124,12 @@ def training_device(config: RunConfig) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    return f"cuda:{torch.cuda.get_device_name()}" if device.type == "cuda" else f"cpu-{os.cpu_count()}core"
+    """``cuda:<GPU name>``, or ``cpu-<cores>core-<vector ISA>[-bf16]``: CPUs of one core count differ several
+    times in speed and precision by their vector instructions and native bf16 (``train.precision: auto``)."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name()}"
+    bf16 = "-bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else ""
+    return f"cpu-{os.cpu_count()}core-{torch.backends.cpu.get_cpu_capability().lower()}{bf16}"
 
 
 def provenance(config: RunConfig) -> dict[str, Any]:
