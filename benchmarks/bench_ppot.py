@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ppot.py                                      # N=50,000, K=1,000; SP²OT K=100
     python benchmarks/bench_ppot.py --n 5000 --k 200 --sp2ot-n 5000     # quick check
+    python benchmarks/bench_ppot.py --n 0 --sp2ot-n 50000                 # SP²OT only
     python benchmarks/bench_ppot.py --device cuda
 
 P²OT table. "plain loop" is the paper's scaling iteration written plainly in torch (dense kernel ``M``,
@@ -13,7 +14,10 @@ is ``||Q - Q_plain||_1 / ||Q_plain||_1`` against the plain loop at the same rho.
 
 SP²OT table. "plain" is :class:`~longtail.clustering.sppot.SP2OTSolver` with ``accelerate=False`` (the
 iterates of the official MM loop and its plain inner scaling), "library" the default; the graph is the
-sparse k-NN graph (k = 20) of the features behind the logits, and its build time is printed first.
+sparse k-NN graph (k = 20) of the features behind the logits. Its build time is printed first, at one
+thread and at ``--threads``, against scikit-learn's ``NearestNeighbors`` (float64, the graph's former
+search, on the CPU with as many threads) on the same features, with the number of rows whose neighbour
+sets differ.
 
 The logits are those of a cosine head (scale 10) on features drawn around K random prototypes with
 long-tailed cluster sizes, so the plans look like the ones met in training.
@@ -26,18 +30,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
 from longtail.clustering.ppot import P2OTSolver, cost_from_logits, transport_marginals
 from longtail.clustering.sppot import SP2OTSolver, knn_similarity
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+KNN = 20
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=50_000, help="P²OT rows (memory-bank size)")
+    parser.add_argument("--n", type=int, default=50_000, help="P²OT rows (memory-bank size; 0 skips P²OT)")
     parser.add_argument("--k", type=int, default=1000, help="P²OT clusters")
     parser.add_argument("--rhos", type=float, nargs="+", default=[0.5, 0.1, 0.9])
     parser.add_argument("--dtype", default="float64", choices=list(DTYPES))
@@ -130,9 +138,21 @@ def row(rho: float, name: str, result, seconds: float, difference: str, speedup:
 def sp2ot_table(args: argparse.Namespace) -> None:
     dtype = DTYPES[args.dtype]
     features, views = clustered_views(args.sp2ot_n, args.sp2ot_k, args.seed)
-    graph, seconds = timed(lambda: knn_similarity(features.to(args.device), k=20), args.device)
-    print(f"\nSP²OT: N = {args.sp2ot_n:,}, K = {args.sp2ot_k:,}, rho = {args.sp2ot_rho}, {args.dtype}; "
-          f"k-NN graph (k = 20, {graph.nnz:,} edges) built in {seconds:.2f} s")
+    print(f"\nSP²OT: N = {args.sp2ot_n:,}, K = {args.sp2ot_k:,}, rho = {args.sp2ot_rho}, {args.dtype}")
+    for threads in sorted({1, args.threads}):
+        torch.set_num_threads(threads)
+        graph, seconds = timed(lambda: knn_similarity(features.to(args.device), k=KNN), args.device)
+        with threadpool_limits(threads):
+            reference, reference_seconds = timed(
+                lambda: NearestNeighbors(n_neighbors=KNN).fit(features.double().numpy()).kneighbors()[1], "cpu"
+            )
+        differing_rows = (
+            np.sort(graph.indices.reshape(-1, KNN), axis=1) != np.sort(reference, axis=1)
+        ).any(axis=1).sum()
+        print(f"k-NN graph (k = {KNN}, {graph.nnz:,} edges), {threads} thread(s): library {seconds:.2f} s, "
+              f"scikit-learn NearestNeighbors {reference_seconds:.2f} s ({reference_seconds / seconds:.1f}x); "
+              f"neighbour sets differ in {differing_rows} rows", flush=True)
+    torch.set_num_threads(args.threads)
     print("| solver | MM steps | inner iterations | seconds | rel. L1 to plain | speed-up |")
     print("|---|---|---|---|---|---|")
     logits = views[0].to(args.device)
@@ -150,7 +170,8 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     print(f"device {args.device}, torch threads {torch.get_num_threads()}")
-    p2ot_table(args)
+    if args.n:
+        p2ot_table(args)
     if args.sp2ot_n:
         sp2ot_table(args)
 
