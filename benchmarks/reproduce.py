@@ -16,8 +16,10 @@ epoch chosen on the validation split, never on test.
 
 A run of the store is keyed by (recipe, overrides, budget, seed). What the store lacks is trained in
 ``RUNS/<dataset>/<budget>/<recipe>[+overrides]/seed<S>``: a finished run there is collected as it is, an
-unfinished one resumed (exact resume), otherwise it starts. The code that trains it is recorded when it starts
-(``provenance.json`` in the run folder), so a run resumed by other code is refused rather than mislabelled.
+unfinished one resumed (exact resume), otherwise it starts. Runners may share one queue (one per core or GPU,
+the same command): a run being trained by another runner is skipped (a lock file beside its folder). The code that trains it is recorded when it starts
+(``provenance.json`` in the run folder), so a run resumed by other code is refused rather than mislabelled
+(until its first epoch ends, other code may take it over).
 Then ``benchmarks/results/README.md`` is regenerated: one table per dataset and budget, mean ± sample standard
 deviation over seeds with n, per recipe and reported head; the same tables replace the part of the project
 README between the results markers.
@@ -45,6 +47,7 @@ from longtail.config import RunConfig
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.recipes import resolve
+from longtail.methods.runs import CHECKPOINT
 from longtail.precision import effective_precision
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -148,12 +151,40 @@ def run_folder(runs: Path, dataset: str, recipe: str, overrides: Sequence[str], 
         text = ",".join(overrides)
         slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", text)
         name += "+" + (slug if len(slug) <= 80 else hashlib.sha1(text.encode()).hexdigest()[:10])
-    return runs / dataset / ("full" if budget is None else f"budget{budget}") / name / f"seed{seed}"
+    return budget_folder(runs, dataset, budget) / name / f"seed{seed}"
 
 
-def run_overrides(overrides: Sequence[str], budget: int | None, seed: int) -> list[str]:
+def budget_folder(runs: Path, dataset: str, budget: int | None) -> Path:
+    return runs / dataset / ("full" if budget is None else f"budget{budget}")
+
+
+def run_overrides(overrides: Sequence[str], budget: int | None, seed: int, runs: Path | None = None) -> list[str]:
+    """The overrides of one run: ``{seed}`` in an override becomes the run's seed and ``{runs}`` the folder of
+    the runs of its dataset and budget, so that a run can name another of the same seed (a distilled student
+    its teacher: ``method.args.teacher={runs}/TEACHER-RECIPE/seed{seed}``); the store keys the run by the
+    override as written."""
+    filled = [override.replace("{seed}", str(seed)) for override in overrides]
+    if runs is not None:
+        filled = [override.replace("{runs}", str(runs)) for override in filled]
     budget_override = [] if budget is None else [f"budget={budget}"]
-    return [*overrides, *budget_override, f"train.seed={seed}", "train.progress=false"]
+    return [*filled, *budget_override, f"train.seed={seed}", "train.progress=false"]
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path) -> Iterator[bool]:
+    """Whether this runner holds the run (an exclusive lock beside its folder, released on exit or death), so
+    that several runners given the same queue (one per core or GPU) each train different runs."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f"{run_dir.name}.claim", "w") as claim:
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(claim, fcntl.LOCK_UN)
 
 
 def train_run(config: RunConfig, run_dir: Path) -> None:
@@ -162,14 +193,14 @@ def train_run(config: RunConfig, run_dir: Path) -> None:
         return
     here = provenance(config)
     recorded_path = run_dir / PROVENANCE
-    if recorded_path.is_file():
+    if (run_dir / CHECKPOINT).is_file():
         recorded = json.loads(recorded_path.read_text())
         if recorded["commit"] != here["commit"]:
             raise LongtailError(
                 f"{run_dir} was started by code at {recorded['commit']} and this is {here['commit']}: resume it "
                 f"from a checkout of that commit, or move the folder away to train it again."
             )
-    else:
+    else:  # nothing trained yet (or a start that failed before its first epoch): this code takes it
         run_dir.mkdir(parents=True, exist_ok=True)
         recorded_path.write_text(json.dumps(here, indent=2))
     train(config, run_dir)
@@ -223,21 +254,35 @@ def reproduce(
     runs: Path = Path("runs/reproduce"),
     results_dir: Path = RESULTS_DIR,
 ) -> list[dict[str, Any]]:
-    """Train and store every (recipe, seed) the store lacks; return the lines appended."""
+    """Train and store every (recipe, seed) the store lacks; return the lines appended. A run that cannot go
+    on (started by other code, a teacher not trained yet) does not stop the others: the error names each such
+    run at the end."""
     path = store_path(results_dir, dataset)
     configs = {
-        (recipe, seed): resolve(recipe, run_overrides(overrides, budget, seed)) for recipe in recipes for seed in seeds
+        (recipe, seed): resolve(recipe, run_overrides(overrides, budget, seed, budget_folder(runs, dataset, budget)))
+        for recipe in recipes
+        for seed in seeds
     }
     check_same_data(path, {recipe: config for (recipe, _), config in configs.items()})
-    added = []
+    added, refused = [], []
     for (recipe, seed), config in configs.items():
-        if run_key(recipe, overrides, budget, seed) in {record_key(r) for r in read_store(path)}:
-            continue
         run_dir = run_folder(runs, dataset, recipe, overrides, budget, seed)
-        train_run(config, run_dir)
-        record = collect(run_dir, recipe, overrides, budget, seed)
-        append_record(path, record)
-        added.append(record)
+        with claimed(run_dir) as ours:
+            if not ours:
+                print(f"skipped {run_dir}: another runner is training it", flush=True)
+                continue
+            if run_key(recipe, overrides, budget, seed) in {record_key(r) for r in read_store(path)}:
+                continue
+            try:
+                train_run(config, run_dir)
+            except LongtailError as error:
+                refused.append(f"{recipe} seed {seed}: {error}")
+                continue
+            record = collect(run_dir, recipe, overrides, budget, seed)
+            append_record(path, record)
+            added.append(record)
+    if refused:
+        raise LongtailError("\n".join(refused))
     return added
 
 
@@ -335,7 +380,7 @@ def replace_between_markers(readme: Path, tables: str) -> None:
     readme.write_text(text[: begin + len(README_BEGIN)] + "\n" + tables + "\n" + text[end:])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="*")
     parser.add_argument("--dataset", help="the store's name, e.g. cifar10-lt-if100")
@@ -347,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--readme", type=Path, default=PROJECT_ROOT / "README.md", help="README whose results part is replaced")
     parser.add_argument("--no-readme", action="store_true", help="leave the README alone (runs in the background)")
     parser.add_argument("--tables-only", action="store_true", help="regenerate the tables, train nothing")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argument_parser()
     args = parser.parse_args(argv)
     if not args.tables_only:
         if not args.dataset or not args.recipes:

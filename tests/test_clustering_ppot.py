@@ -260,6 +260,16 @@ def test_accelerated_plan_equals_plain_plan_in_fewer_iterations(rho):
     assert accelerated.plan.sum().item() / cost.shape[0] == pytest.approx(rho, abs=1e-6)
 
 
+def test_accelerated_solve_stops_where_rounding_stalls_an_unreachable_tolerance():
+    cost = _clustered_cost()
+    exact = partial_transport(cost, 0.5, accelerate=False, tol=0.0, max_iter=3000)
+    accelerated = partial_transport(cost, 0.5, tol=0.0, max_iter=3000)
+    assert exact.error == 0.0 and accelerated.iterations < exact.iterations / 5
+    b_norm = torch.linalg.vector_norm(accelerated.state.b).item()
+    assert 0.0 < accelerated.error < 1e-13 * b_norm
+    torch.testing.assert_close(accelerated.plan, exact.plan, rtol=0, atol=1e-12)
+
+
 def test_safeguard_rejects_extrapolations_that_do_not_reduce_the_residual(monkeypatch):
     counts = {"record": 0, "call": 0}
     record, call = AndersonMixer.record, AndersonMixer.__call__

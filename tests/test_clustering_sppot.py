@@ -81,14 +81,15 @@ def test_mm_plan_and_iterations_match_official(rho, fixture, case_info):
 
 @pytest.mark.shared
 @pytest.mark.parametrize("rho", RHOS)
-def test_accelerated_mm_plan_matches_official_with_no_more_inner_iterations(rho, fixture, case_info):
+def test_accelerated_mm_plan_matches_official_in_a_fifth_of_the_inner_iterations(rho, fixture, case_info):
     case = case_info["cases"][f"rho{rho}"]
     result = SP2OTSolver(rho).solve(torch.from_numpy(fixture["logits"]), fixture["S"])
     np.testing.assert_allclose(result.plan.numpy(), fixture[f"Q_rho{rho}_f64"], rtol=0, atol=5e-8)
     assert result.mm_iterations == case["mm_iterations_f64"]
     assert result.objective == pytest.approx(case["objective_f64"], abs=1e-9)
-    # inner_tol = 1e-10 is near float64 noise, where the safeguard rejects most extrapolations
-    assert result.inner_iterations < case["sk_iterations_total_f64"]
+    # inner_tol = 1e-10 lies below the rounding of b, so the official inner loops run to their cap; the
+    # accelerated ones stop once the change of b stalls at rounding level
+    assert result.inner_iterations < case["sk_iterations_total_f64"] / 5
 
 
 @pytest.mark.shared

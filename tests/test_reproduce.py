@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from longtail.errors import LongtailError
+from longtail.methods.recipes import resolve
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
 spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
@@ -63,9 +67,8 @@ def test_trains_what_the_store_lacks_and_tables_mean_and_spread(store: dict[str,
     assert (store["results"] / "digits-lt-if10.jsonl").read_text() == before
 
 
-def test_a_finished_run_folder_is_collected_not_retrained(store: dict[str, Path], monkeypatch) -> None:
-    run_dir = reproduce.run_folder(store["runs"], "d", "digits-ce", [], 3, 2)
-    run_dir.mkdir(parents=True)
+def _finished_run(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps({
         "last_test": {"main": {"top1": 0.5, "many": 0.6, "medium": 0.4, "few": None, "top5": 0.9}},
         "best_test": {"main": {"top1": 0.55, "many": 0.6, "medium": 0.5, "few": None}},
@@ -75,6 +78,10 @@ def test_a_finished_run_folder_is_collected_not_retrained(store: dict[str, Path]
     (run_dir / "config.yaml").write_text("data: {name: digits-lt, imbalance: 10.0, selection: shuffle}\n")
     (run_dir / "log.jsonl").write_text(
         "".join(json.dumps({"epoch_s": s, "images_per_s": r}) + "\n" for s, r in [(10, 100), (20, 300), (30, 200)]))
+
+
+def test_a_finished_run_folder_is_collected_not_retrained(store: dict[str, Path], monkeypatch) -> None:
+    _finished_run(reproduce.run_folder(store["runs"], "d", "digits-ce", [], 3, 2))
     monkeypatch.setattr(reproduce, "train", lambda *a, **k: pytest.fail("a finished run must not be retrained"))
     [record] = reproduce.reproduce("d", ["digits-ce"], [2], 3, runs=store["runs"], results_dir=store["results"])
     assert record["commit"] == "abc" and record["wall_s"] == 60 and record["images_per_s"] == 200
@@ -82,12 +89,51 @@ def test_a_finished_run_folder_is_collected_not_retrained(store: dict[str, Path]
     assert reproduce.read_store(store["results"] / "d.jsonl") == [record]
 
 
-def test_a_run_started_by_other_code_is_not_resumed(store: dict[str, Path]) -> None:
+def test_a_run_started_by_other_code_is_not_resumed_and_does_not_stop_the_others(store: dict[str, Path]) -> None:
     run_dir = reproduce.run_folder(store["runs"], "d", "digits-ce", [], 1, 0)
     run_dir.mkdir(parents=True)
     (run_dir / "provenance.json").write_text(json.dumps({"commit": "0" * 40}))
-    with pytest.raises(LongtailError, match="started by code at 0000"):
-        reproduce.reproduce("d", ["digits-ce"], [0], 1, runs=store["runs"], results_dir=store["results"])
+    (run_dir / "checkpoint.pt").write_bytes(b"an epoch of other code")
+    _finished_run(reproduce.run_folder(store["runs"], "d", "digits-ce", [], 1, 1))
+    with pytest.raises(LongtailError, match="digits-ce seed 0: .* started by code at 0000"):
+        reproduce.reproduce("d", ["digits-ce"], [0, 1], 1, runs=store["runs"], results_dir=store["results"])
+    assert [r["seed"] for r in reproduce.read_store(store["results"] / "d.jsonl")] == [1]
+
+
+def test_a_run_other_code_started_but_never_checkpointed_is_taken_over(store: dict[str, Path], monkeypatch) -> None:
+    run_dir = reproduce.run_folder(store["runs"], "d", "digits-ce", [], 1, 0)
+    run_dir.mkdir(parents=True)
+    (run_dir / "provenance.json").write_text(json.dumps({"commit": "0" * 40}))
+
+    def finish(config, folder):
+        provenance = (folder / "provenance.json").read_text()
+        _finished_run(folder)
+        (folder / "provenance.json").write_text(provenance)
+
+    monkeypatch.setattr(reproduce, "train", finish)
+    [record] = reproduce.reproduce("d", ["digits-ce"], [0], 1, runs=store["runs"], results_dir=store["results"])
+    assert record["commit"] == reproduce.code_commit()
+
+
+def test_a_run_another_runner_holds_is_skipped(store: dict[str, Path], monkeypatch) -> None:
+    run_dir = reproduce.run_folder(store["runs"], "d", "digits-ce", [], 1, 0)
+    monkeypatch.setattr(reproduce, "train", lambda *a, **k: pytest.fail("a claimed run must not be trained"))
+    with reproduce.claimed(run_dir) as first:
+        with reproduce.claimed(run_dir) as second:
+            assert first and not second
+        assert reproduce.reproduce("d", ["digits-ce"], [0], 1, runs=store["runs"], results_dir=store["results"]) == []
+    assert not run_dir.exists() and not (store["results"] / "d.jsonl").exists()
+
+
+def test_an_override_names_the_run_of_the_same_seed_and_budget(tmp_path: Path) -> None:
+    runs = reproduce.budget_folder(tmp_path, "d", 30)
+    overrides = ["method.args.teacher={runs}/teacher-recipe/seed{seed}", "data.augment={resized_crop: null}"]
+    assert reproduce.run_overrides(overrides, 30, 2, runs) == [
+        f"method.args.teacher={tmp_path}/d/budget30/teacher-recipe/seed2", "data.augment={resized_crop: null}",
+        "budget=30", "train.seed=2", "train.progress=false",
+    ]
+    teacher_run = reproduce.run_folder(tmp_path, "d", "teacher-recipe", [], 30, 2)
+    assert str(teacher_run) == reproduce.run_overrides(overrides, 30, 2, runs)[0].split("=", 1)[1]
 
 
 def test_one_store_holds_one_dataset(store: dict[str, Path]) -> None:
@@ -101,3 +147,25 @@ def test_a_readme_without_markers_is_refused(tmp_path: Path) -> None:
     readme.write_text("# no markers\n")
     with pytest.raises(LongtailError, match="results markers"):
         reproduce.replace_between_markers(readme, "table")
+
+
+def test_the_cifar10_lt_queue_names_recipes_and_overrides_that_resolve(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.jsonl"
+    recorder = tmp_path / "python"
+    recorder.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                        f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    recorder.chmod(0o755)
+    script = SCRIPT.parent / "reproduce_cifar10_lt.sh"
+    subprocess.run(["bash", str(script), "--runs", str(tmp_path / "runs")], check=True,
+                   env={**os.environ, "PYTHON": str(recorder)})
+    runs = 0
+    for argv in map(json.loads, calls.read_text().splitlines()):
+        assert argv[0] == str(SCRIPT)
+        args = reproduce.argument_parser().parse_args(argv[1:])
+        for recipe in args.recipes:
+            for seed in args.seeds:
+                folder = reproduce.budget_folder(args.runs, args.dataset, args.budget)
+                resolve(recipe, reproduce.run_overrides(args.set, args.budget, seed, folder))
+                runs += 1
+    assert runs == 3 * 13 + 3 + 2
+

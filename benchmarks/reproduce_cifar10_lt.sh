@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The CIFAR-10-LT IF 100 runs of the results tables, seed by seed, through benchmarks/reproduce.py: what the
+# store already holds is skipped, an unfinished run resumes. Start it once per core or GPU; the runners share
+# the queue (each trains runs the others are not training).
+#
+#   bash benchmarks/reproduce_cifar10_lt.sh [reproduce.py options, e.g. --runs DIR --results DIR]
+#   PYTHON=.venv/bin/python BUDGET=30 bash benchmarks/reproduce_cifar10_lt.sh
+#
+# Order: every method's seed 0 before any seed 1, so a table of n = 1 appears early; a DeiT-LT student after
+# the teacher of its seed (a student whose teacher another runner is still training is reported at the end
+# and trained by the next call). Then RIDE-3 at the official code's own 20-epoch settings, and MDCS and SHIKE
+# at their whole schedules. The tables: python benchmarks/reproduce.py --tables-only.
+set -u
+PYTHON=${PYTHON:-python}
+BUDGET=${BUDGET:-30}
+REPRODUCE="$(dirname "$0")/reproduce.py"
+status=0
+
+reproduce() {
+    "$PYTHON" "$REPRODUCE" --dataset cifar10-lt-if100 --no-readme "$@" || status=1
+}
+
+BUDGET_RECIPES=(
+    cifar10-lt-if100-ce cifar10-lt-if100-ldam-drw cifar10-lt-if100-balanced-softmax cifar10-lt-if100-crt
+    ride-cifar10-lt-if100 mdcs-cifar10-lt-if100 shike-cifar10-lt-if100 apa-cifar10-lt-if100
+    deit-lt-teacher-cifar10-lt-if100-budget metafg-cifar10-lt-if100-budget
+    deit-lt-cifar10-lt-if100-budget-label-teacher deit-lt-cifar10-lt-if100-budget-no-teacher
+)
+TEACHER='method.args.teacher={runs}/deit-lt-teacher-cifar10-lt-if100-budget/seed{seed}'
+RIDE_OFFICIAL_20=(schedule.epochs=20 schedule.warmup_epochs=0 'schedule.milestones=[16,18]' loss.args.drw_epoch=16)
+
+for seed in 0 1 2; do
+    reproduce --budget "$BUDGET" --seeds "$seed" "$@" -- "${BUDGET_RECIPES[@]}"
+    reproduce --budget "$BUDGET" --seeds "$seed" --set "$TEACHER" "$@" -- deit-lt-cifar10-lt-if100-budget
+done
+reproduce --seeds 0 1 2 --set "${RIDE_OFFICIAL_20[@]}" "$@" -- ride-cifar10-lt-if100
+reproduce --seeds 0 "$@" -- mdcs-cifar10-lt-if100 shike-cifar10-lt-if100
+exit $status
