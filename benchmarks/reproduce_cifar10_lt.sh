@@ -20,11 +20,13 @@ reproduce() {
     "$PYTHON" "$REPRODUCE" --dataset cifar10-lt-if100 --no-readme "$@" || status=1
 }
 
+# The two baselines every method is compared with, the papers' methods, then the other baselines.
 BUDGET_RECIPES=(
-    cifar10-lt-if100-ce cifar10-lt-if100-ldam-drw cifar10-lt-if100-balanced-softmax cifar10-lt-if100-crt
+    cifar10-lt-if100-ce cifar10-lt-if100-ldam-drw
     ride-cifar10-lt-if100 mdcs-cifar10-lt-if100 shike-cifar10-lt-if100 apa-cifar10-lt-if100
     deit-lt-teacher-cifar10-lt-if100-budget metafg-cifar10-lt-if100-budget
     deit-lt-cifar10-lt-if100-budget-label-teacher deit-lt-cifar10-lt-if100-budget-no-teacher
+    cifar10-lt-if100-balanced-softmax cifar10-lt-if100-crt
 )
 TEACHER='method.args.teacher={runs}/deit-lt-teacher-cifar10-lt-if100-budget/seed{seed}'
 RIDE_OFFICIAL_20=(schedule.epochs=20 schedule.warmup_epochs=0 'schedule.milestones=[16,18]' loss.args.drw_epoch=16)
