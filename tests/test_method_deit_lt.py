@@ -252,6 +252,12 @@ def test_setup_refuses_a_distillation_loss_without_teacher_and_no_mixup_drw_with
         set_up_on_cpu(deit_lt(loss="ce", drw_epoch=None, no_mixup_drw=True))
     with pytest.raises(LongtailError, match="teacher not found"):
         FrozenTeacher.from_checkpoint("/nonexistent/teacher-run", torch.device("cpu"), info())
+
+
+def test_a_teacher_run_still_training_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"the state after a few epochs")
+    with pytest.raises(LongtailError, match="has not finished training .* --resume"):
+        FrozenTeacher.from_checkpoint(tmp_path, torch.device("cpu"), info())
     with pytest.raises(LongtailError, match="probability"):
         deit_lt(random_erasing=1.5)
     set_up_on_cpu(deit_lt(loss="ce"))  # no teacher needed without distillation

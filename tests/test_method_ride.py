@@ -203,6 +203,13 @@ def test_a_teacher_with_a_loss_that_does_not_distil_is_refused():
         create_method(tiny_config("method.args.teacher=somewhere"), Info(10))
 
 
+def test_a_teacher_run_still_training_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"the state after a few epochs")
+    method = create_method(tiny_config("loss.name=ride_distill", f"method.args.teacher={tmp_path}"), Info(10))
+    with pytest.raises(LongtailError, match="has not finished training .* --resume"):
+        set_up_on_cpu(method)
+
+
 def test_router_top_k_larger_than_the_classes_is_refused():
     with pytest.raises(LongtailError, match="router_top_k"):
         create_method(tiny_config("method.args.router_top_k=30"), Info(10))
@@ -338,7 +345,7 @@ def test_teacher_mode_chooses_running_or_batch_statistics(monkeypatch, teacher_m
     # the official trainer never calls teacher_model.eval() (trainer/trainer.py lines 24-38, 98)
     teacher_model = longtail.models.create("ride_resnet32", num_classes=10, num_experts=2).eval()
     trained = SimpleNamespace(model=teacher_model, info=Info(10))
-    monkeypatch.setattr("longtail.methods.ride.load_trained_model", lambda path, device: trained)
+    monkeypatch.setattr("longtail.methods.ride.load_teacher", lambda path, device: trained)
     config = tiny_config("loss.name=ride_distill", "method.args.teacher=teacher-run",
                          f"method.args.teacher_mode={teacher_mode}")
     method = create_method(config, Info(10))

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from longtail.methods.runs import BEST, CHECKPOINT
+from longtail.methods.runs import BEST, CHECKPOINT, SUMMARY
 
 CONFIG = "config.yaml"
 LOG = "log.jsonl"
-SUMMARY = "summary.json"
 CLUSTERING = "clustering.json"  # written by `longtail cluster`
 TENSORBOARD_DIR = "tensorboard"
 REPORT_DIR = "report"

@@ -101,7 +101,7 @@ from longtail.losses.registry import register_loss
 from longtail.methods.base import Method, Stage, register_method
 from longtail.methods.batch_mixing import erase_and_mix, pixel_random_erasing
 from longtail.methods.context import RunContext, StepInfo
-from longtail.methods.runs import load_trained_model
+from longtail.methods.runs import load_teacher
 from longtail.models.output import ModelOutput
 
 Distillation = Literal["hard", "soft"]
@@ -268,7 +268,7 @@ class FrozenTeacher:
                 f"deit-lt-teacher-cifar10-lt-if100 --run-dir {path}`) or set method.args.teacher to a run "
                 "directory or checkpoint file."
             )
-        trained = load_trained_model(path, device)
+        trained = load_teacher(path, device)
         if list(trained.info.class_names) != list(student_info.class_names):
             raise LongtailError(
                 f"The teacher at '{path}' was trained on {trained.info.name} ({trained.info.num_classes} classes), "

@@ -91,7 +91,7 @@ from longtail.losses.registry import register_loss
 from longtail.losses.weights import ldam_margins
 from longtail.methods.base import Method, Stage, register_method
 from longtail.methods.context import RunContext, StepInfo
-from longtail.methods.runs import load_trained_model
+from longtail.methods.runs import load_teacher
 from longtail.models.base import unwrap
 from longtail.models.multi_expert import ExpertRouter, MultiExpertNetwork
 from longtail.models.output import ModelOutput
@@ -486,7 +486,7 @@ class RIDE(Method):
         super().setup(context)
         if self.teacher_path is None:
             return
-        trained = load_trained_model(self.teacher_path, context.device)
+        trained = load_teacher(self.teacher_path, context.device)
         if trained.info.num_classes != self.info.num_classes:
             raise LongtailError(
                 f"The teacher {self.teacher_path} predicts {trained.info.num_classes} classes, this run has "

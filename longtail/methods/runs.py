@@ -24,6 +24,7 @@ from longtail.methods.context import RunContext
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+SUMMARY = "summary.json"  # written once the last stage has finished and been evaluated
 
 
 def read_torch_file(path: Path, what: str) -> Any:
@@ -118,6 +119,19 @@ def load_trained_model(
     model.load_state_dict(weights)
     method.attach(RunContext(config, torch.device(device)))
     return TrainedModel(model=model.to(device).eval(), method=method, config=config, info=info, state=state)
+
+
+def load_teacher(path: str | Path, device: torch.device | str) -> TrainedModel:
+    """A finished run (or any checkpoint file) as a frozen teacher: a run folder still training is refused,
+    since its checkpoint holds the weights of some epoch, not the trained model."""
+    folder = Path(path)
+    if folder.is_dir() and (folder / CHECKPOINT).is_file() and not (folder / SUMMARY).is_file():
+        raise LongtailError(
+            f"The teacher run '{path}' has not finished training (it has no {SUMMARY}). Finish it with "
+            f"`longtail train --run-dir {path} --resume`, or name its {CHECKPOINT} as the teacher to distil from "
+            "it as it is."
+        )
+    return load_trained_model(path, device)
 
 
 def _build_model(config: RunConfig, info: DatasetInfo, stage: int) -> tuple[Method, nn.Module]:
