@@ -59,6 +59,9 @@ METRICS = ("top1", "many", "medium", "few", "head", "mid", "tail")
 COLUMNS = {"top1": "All", "many": "Many", "medium": "Medium", "few": "Few", "head": "Head", "mid": "Mid", "tail": "Tail"}
 # Per-expert heads are diagnostics: the tables show what a user predicts with.
 DIAGNOSTIC_HEAD = re.compile(r"expert_\d+$")
+# Each method is compared with these recipes of its store (main head, no overrides), on these metrics.
+BASELINES = {"CE": re.compile(r"(^|-)ce$"), "LDAM-DRW": re.compile(r"(^|-)ldam-drw$")}
+GAIN_METRICS = ("top1", "medium")
 
 
 # ---------------------------------------------------------------- the store
@@ -333,6 +336,46 @@ def budget_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def head_values(runs: list[dict[str, Any]], head: str, metric: str) -> list[float]:
+    return [r["test_last"][head][metric] for r in runs
+            if head in r["test_last"] and r["test_last"][head].get(metric) is not None]
+
+
+def gain_cell(values: list[float], baseline: list[float]) -> str:
+    """The difference of means in points, ✓ where it exceeds the larger seed spread of the two, ✗ where it
+    does not; no mark while either side has a single seed."""
+    if not values or not baseline:
+        return "-"
+    gain = 100 * (statistics.fmean(values) - statistics.fmean(baseline))
+    if min(len(values), len(baseline)) < 2:
+        return f"{gain:+.1f}"
+    spread = 100 * max(statistics.stdev(values), statistics.stdev(baseline))
+    return f"{gain:+.1f} {'✓' if gain > spread else '✗'}"
+
+
+def gains_table(records: list[dict[str, Any]]) -> list[str]:
+    """Every recipe and head against the baselines' main heads on All and Medium (nothing without both)."""
+    groups = group_rows(records)
+    baselines = {}
+    for name, pattern in BASELINES.items():
+        for (recipe, overrides), runs in groups.items():
+            if not overrides and pattern.search(recipe):
+                baselines[name] = runs
+    if len(baselines) < len(BASELINES):
+        return []
+    header = ["recipe [head]", "n", *(f"{COLUMNS[m]} − {name}" for m in GAIN_METRICS for name in baselines)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (recipe, overrides), runs in groups.items():
+        for head in (h for h in runs[0]["test_last"] if not DIAGNOSTIC_HEAD.match(h)):
+            if head == "main" and any(runs is base for base in baselines.values()):
+                continue
+            cells = [gain_cell(head_values(runs, head, metric), head_values(base, "main", metric))
+                     for metric in GAIN_METRICS for base in baselines.values()]
+            n = len(head_values(runs, head, "top1"))
+            lines.append("| " + " | ".join([row_name(recipe, overrides, head), str(n), *cells]) + " |")
+    return lines
+
+
 def describe_devices(records: list[dict[str, Any]]) -> str:
     devices = sorted({f"{r['device']} ({r['threads']} thread{'s' * (r['threads'] != 1)}, {r['precision']})" for r in records})
     return ", ".join(devices)
@@ -355,6 +398,15 @@ def tables_markdown(results_dir: Path) -> str:
                 *budget_table(chosen),
                 "",
             ]
+            gains = gains_table(chosen)
+            if gains:
+                parts += [
+                    "Against the baselines: difference of the means in points; ✓ where it exceeds the larger of the "
+                    "two seed spreads (std), ✗ where it does not, no mark while either has one seed.",
+                    "",
+                    *gains,
+                    "",
+                ]
     return "\n".join(parts)
 
 

@@ -169,3 +169,28 @@ def test_the_cifar10_lt_queue_names_recipes_and_overrides_that_resolve(tmp_path:
                 runs += 1
     assert runs == 3 * 13 + 3 + 2
 
+
+
+def _record(recipe: str, seed: int, heads: dict[str, tuple[float, float]]) -> dict:
+    return {"recipe": recipe, "overrides": [], "budget": 30, "seed": seed,
+            "test_last": {head: {"top1": top1, "many": 0.9, "medium": medium, "few": None}
+                          for head, (top1, medium) in heads.items()}}
+
+
+def test_gains_over_the_baselines_are_marked_against_the_larger_seed_spread() -> None:
+    records = [
+        *(_record("d-ce", s, {"main": (0.50 + 0.01 * s, 0.20)}) for s in range(3)),
+        *(_record("d-ldam-drw", s, {"main": (0.60 + 0.04 * s, 0.40)}) for s in range(3)),
+        *(_record("method", s, {"main": (0.70 + 0.01 * s, 0.41), "expert_0": (0.1, 0.1)}) for s in range(3)),
+        _record("single", 0, {"main": (0.80, 0.50)}),
+    ]
+    table = reproduce.gains_table(records)
+    assert table[0] == "| recipe [head] | n | All − CE | All − LDAM-DRW | Medium − CE | Medium − LDAM-DRW |"
+    # All − LDAM-DRW: +7.0 points, the larger spread is LDAM-DRW's 4.0; Medium − LDAM-DRW: +1.0 against 0.0
+    assert table[2:] == [
+        "| `method` | 3 | +20.0 ✓ | +7.0 ✓ | +21.0 ✓ | +1.0 ✓ |",
+        "| `single` | 1 | +29.0 | +16.0 | +30.0 | +10.0 |",
+    ]
+    records[-2]["test_last"]["main"]["top1"] = 0.62  # one seed falls: the method's spread 4.9 > its gain 3.7
+    assert "| `method` | 3 | +16.7 ✓ | +3.7 ✗ |" in reproduce.gains_table(records)[2]
+    assert reproduce.gains_table([r for r in records if r["recipe"] != "d-ldam-drw"]) == []
