@@ -8,8 +8,9 @@
 #
 # Order: every method's seed 0 before any seed 1, so a table of n = 1 appears early; a DeiT-LT student after
 # the teacher of its seed (a student whose teacher another runner is still training is reported at the end
-# and trained by the next call). Then RIDE-3 at the official code's own 20-epoch settings, and MDCS and SHIKE
-# at their whole schedules. The tables: python benchmarks/reproduce.py --tables-only.
+# and trained by the next call). Then RIDE-3 at the official code's own 20-epoch settings beside LDAM-DRW and
+# CE at the same settings, and MDCS and SHIKE at their whole schedules.
+# The tables afterwards: python benchmarks/reproduce.py --tables-only
 set -u
 PYTHON=${PYTHON:-python}
 BUDGET=${BUDGET:-30}
@@ -29,12 +30,18 @@ BUDGET_RECIPES=(
     cifar10-lt-if100-balanced-softmax cifar10-lt-if100-crt
 )
 TEACHER='method.args.teacher={runs}/deit-lt-teacher-cifar10-lt-if100-budget/seed{seed}'
-RIDE_OFFICIAL_20=(schedule.epochs=20 schedule.warmup_epochs=0 'schedule.milestones=[16,18]' loss.args.drw_epoch=16)
+OFFICIAL_20=(schedule.epochs=20 schedule.warmup_epochs=0 'schedule.milestones=[16,18]')
+# LDAM-DRW with everything of RIDE's but its experts (optimiser, augmentation), so the difference is RIDE's own.
+RIDE_BUT_EXPERTS=(optim.weight_decay=5.0e-4 optim.nesterov=true
+                  'data.augment={crop: true, padding: 4, flip: true, rotation: 15}')
 
 for seed in 0 1 2; do
     reproduce --budget "$BUDGET" --seeds "$seed" "$@" -- "${BUDGET_RECIPES[@]}"
     reproduce --budget "$BUDGET" --seeds "$seed" --set "$TEACHER" "$@" -- deit-lt-cifar10-lt-if100-budget
 done
-reproduce --seeds 0 1 2 --set "${RIDE_OFFICIAL_20[@]}" "$@" -- ride-cifar10-lt-if100
+reproduce --seeds 0 1 2 --set "${OFFICIAL_20[@]}" loss.args.drw_epoch=16 "$@" -- ride-cifar10-lt-if100
+reproduce --seeds 0 1 2 --set "${OFFICIAL_20[@]}" loss.args.drw_epoch=16 "${RIDE_BUT_EXPERTS[@]}" "$@" \
+    -- cifar10-lt-if100-ldam-drw
+reproduce --seeds 0 1 2 --set "${OFFICIAL_20[@]}" "$@" -- cifar10-lt-if100-ce
 reproduce --seeds 0 "$@" -- mdcs-cifar10-lt-if100 shike-cifar10-lt-if100
 exit $status
