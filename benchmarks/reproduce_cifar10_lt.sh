@@ -6,10 +6,10 @@
 #   bash benchmarks/reproduce_cifar10_lt.sh [reproduce.py options, e.g. --runs DIR --results DIR]
 #   PYTHON=.venv/bin/python BUDGET=30 bash benchmarks/reproduce_cifar10_lt.sh
 #
-# Order: every method's seed 0 before any seed 1, so a table of n = 1 appears early; a DeiT-LT student after
-# the teacher of its seed (a student whose teacher another runner is still training is reported at the end
-# and trained by the next call). Then RIDE-3 at the official code's own 20-epoch settings beside LDAM-DRW and
-# CE at the same settings, and MDCS and SHIKE at their whole schedules.
+# Order: every method's seed 0, so a table of n = 1 appears early; RIDE-3 at the official code's own 20-epoch
+# settings beside LDAM-DRW and CE at the same settings (seeds 0-2); seeds 1 and 2 of every method; MDCS and
+# SHIKE at their whole schedules. A DeiT-LT student comes after the teacher of its seed (a student whose
+# teacher another runner is still training is reported at the end and trained by the next call).
 # The tables afterwards: python benchmarks/reproduce.py --tables-only
 set -u
 PYTHON=${PYTHON:-python}
@@ -35,13 +35,22 @@ OFFICIAL_20=(schedule.epochs=20 schedule.warmup_epochs=0 'schedule.milestones=[1
 RIDE_BUT_EXPERTS=(optim.weight_decay=5.0e-4 optim.nesterov=true
                   'data.augment={crop: true, padding: 4, flip: true, rotation: 15}')
 
-for seed in 0 1 2; do
-    reproduce --budget "$BUDGET" --seeds "$seed" "$@" -- "${BUDGET_RECIPES[@]}"
-    reproduce --budget "$BUDGET" --seeds "$seed" --set "$TEACHER" "$@" -- deit-lt-cifar10-lt-if100-budget
-done
-reproduce --seeds 0 1 2 --set "${OFFICIAL_20[@]}" loss.args.drw_epoch=16 "$@" -- ride-cifar10-lt-if100
-reproduce --seeds 0 1 2 --set "${OFFICIAL_20[@]}" loss.args.drw_epoch=16 "${RIDE_BUT_EXPERTS[@]}" "$@" \
-    -- cifar10-lt-if100-ldam-drw
-reproduce --seeds 0 1 2 --set "${OFFICIAL_20[@]}" "$@" -- cifar10-lt-if100-ce
-reproduce --seeds 0 "$@" -- mdcs-cifar10-lt-if100 shike-cifar10-lt-if100
+budget_runs() {  # SEED: every budget recipe, then the DeiT-LT student distilled from that seed's teacher
+    reproduce --budget "$BUDGET" --seeds "$1" "${options[@]}" -- "${BUDGET_RECIPES[@]}"
+    reproduce --budget "$BUDGET" --seeds "$1" --set "$TEACHER" "${options[@]}" -- deit-lt-cifar10-lt-if100-budget
+}
+
+official_20_runs() {  # SEED: RIDE-3, LDAM-DRW and CE at the official RIDE code's 20-epoch settings
+    reproduce --seeds "$1" --set "${OFFICIAL_20[@]}" loss.args.drw_epoch=16 "${options[@]}" -- ride-cifar10-lt-if100
+    reproduce --seeds "$1" --set "${OFFICIAL_20[@]}" loss.args.drw_epoch=16 "${RIDE_BUT_EXPERTS[@]}" "${options[@]}" \
+        -- cifar10-lt-if100-ldam-drw
+    reproduce --seeds "$1" --set "${OFFICIAL_20[@]}" "${options[@]}" -- cifar10-lt-if100-ce
+}
+
+options=("$@")
+budget_runs 0
+for seed in 0 1 2; do official_20_runs "$seed"; done
+budget_runs 1
+budget_runs 2
+reproduce --seeds 0 "${options[@]}" -- mdcs-cifar10-lt-if100 shike-cifar10-lt-if100
 exit $status
