@@ -6,9 +6,9 @@
 #   bash benchmarks/reproduce_cifar10_lt.sh [reproduce.py options, e.g. --runs DIR --results DIR]
 #   PYTHON=.venv/bin/python BUDGET=30 bash benchmarks/reproduce_cifar10_lt.sh
 #
-# Order: every method's seed 0, so a table of n = 1 appears early; RIDE-3 at the official code's own 20-epoch
-# settings beside LDAM-DRW and CE at the same settings (seeds 0-2); seeds 1 and 2 of every method; MDCS and
-# SHIKE at their whole schedules. A DeiT-LT student comes after the teacher of its seed (a student whose
+# Order: every method's seed 0, so a table of n = 1 appears early; two controlled experiments (seeds 0-2, see
+# controls); RIDE-3 at the official code's own 20-epoch settings beside LDAM-DRW and CE at the same settings
+# (seeds 0-2); seeds 1 and 2 of every method; MDCS and SHIKE at their whole schedules. A DeiT-LT student comes after the teacher of its seed (a student whose
 # teacher another runner is still training is reported at the end and trained by the next call).
 # The tables afterwards: python benchmarks/reproduce.py --tables-only
 set -u
@@ -40,6 +40,12 @@ budget_runs() {  # SEED: every budget recipe, then the DeiT-LT student distilled
     reproduce --budget "$BUDGET" --seeds "$1" --set "$TEACHER" "${options[@]}" -- deit-lt-cifar10-lt-if100-budget
 }
 
+controls() {  # SEED: LDAM-DRW with RIDE's optimiser and augmentation (RIDE's experts are then the only
+    # difference), and SHIKE with the standard crop + flip in place of AutoAugment + Cutout, at the budget
+    reproduce --budget "$BUDGET" --seeds "$1" --set "${RIDE_BUT_EXPERTS[@]}" "${options[@]}" -- cifar10-lt-if100-ldam-drw
+    reproduce --budget "$BUDGET" --seeds "$1" --set data.augment=standard "${options[@]}" -- shike-cifar10-lt-if100
+}
+
 official_20_runs() {  # SEED: RIDE-3, LDAM-DRW and CE at the official RIDE code's 20-epoch settings
     reproduce --seeds "$1" --set "${OFFICIAL_20[@]}" loss.args.drw_epoch=16 "${options[@]}" -- ride-cifar10-lt-if100
     reproduce --seeds "$1" --set "${OFFICIAL_20[@]}" loss.args.drw_epoch=16 "${RIDE_BUT_EXPERTS[@]}" "${options[@]}" \
@@ -49,6 +55,7 @@ official_20_runs() {  # SEED: RIDE-3, LDAM-DRW and CE at the official RIDE code'
 
 options=("$@")
 budget_runs 0
+for seed in 0 1 2; do controls "$seed"; done
 for seed in 0 1 2; do official_20_runs "$seed"; done
 budget_runs 1
 budget_runs 2
