@@ -28,10 +28,12 @@ from longtail.data.containers import Batch
 from longtail.engine.host_memory import keep_freed_memory
 from longtail.engine.optim import build_optimizer
 from longtail.losses import create as create_loss
+from longtail.methods.context import RunContext, StepInfo
 from longtail.methods.deit_lt import DeiTLT, FrozenTeacher
 from longtail.models import create
 
 MODES = ("eval", "train", "deit_lt")
+FIRST_STEP = StepInfo(epoch=0, stage_epochs=1200)  # before DRW: Mixup and CutMix on, as in most of training
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -68,8 +70,9 @@ def deit_lt_method(args: argparse.Namespace) -> DeiTLT:
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
     )
-    method = DeiTLT(RunConfig(loss=LossConfig(name="ce")), info)
-    method.setup(torch.device(args.device))
+    config = RunConfig(loss=LossConfig(name="ce"))
+    method = DeiTLT(config, info)
+    method.setup(RunContext(config, torch.device(args.device)))
     teacher = create("resnet32", num_classes=args.num_classes).to(args.device)
     method.teacher = FrozenTeacher(teacher, image_size=args.size)
     return method
@@ -101,7 +104,7 @@ def make_step(args: argparse.Namespace, name: str, mode: str) -> Callable[[], No
                 if mode == "train":
                     loss = F.cross_entropy(model(batch.images).logits.float(), batch.targets)
                 else:
-                    loss, _ = method.training_step(model, batch, criterion, epoch=0)
+                    loss, _ = method.training_step(model, batch, criterion, FIRST_STEP)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -33,6 +33,7 @@ from longtail.engine.optim import build_optimizer
 from longtail.engine.trainer import frozen_modules
 from longtail.errors import LongtailError
 from longtail.methods.base import create_method
+from longtail.methods.context import StepInfo
 from longtail.methods.recipes import resolve
 
 ROWS = [
@@ -96,6 +97,7 @@ class StageBench:
         for stage in stages[: stage_index + 1]:
             self.method.prepare_stage(stage, self.model)
         self.stage = stages[stage_index]
+        self.first_step = StepInfo(epoch=0, stage_epochs=self.stage.epochs)
         self.params = self._freeze()
         groups = self.method.param_groups(self.stage, self.model, self.params)
         self.optimizer = build_optimizer(groups, self.stage.optim)
@@ -131,7 +133,7 @@ class StageBench:
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss, _ = self.method.training_step(self.model, batch, self.criterion, epoch=0)
+            loss, _ = self.method.training_step(self.model, batch, self.criterion, self.first_step)
         loss.backward()
         self.optimizer.step()
         return len(batch)

@@ -11,7 +11,7 @@ validation split); its features are the 8x8 grey pixels, standardised, reduced b
 labels). A ``--features-file`` clusters any precomputed features instead, e.g. CIFAR-10-LT features of a
 backbone that never saw its labels. The clustered (long-tailed) set itself is evaluated: accuracy after
 Hungarian matching, mean per-class accuracy, NMI, ARI, macro-F1 and head / medium / tail (first 30% /
-middle 40% / last 30% of classes by size), as mean ± standard deviation over the seeds. Each run uses
+middle 40% / last 30% of classes by size), as mean ± sample standard deviation over the seeds. Each run uses
 ``--threads`` torch threads (default 1: these problems are small, and one thread is fastest on a busy CPU).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -89,10 +90,16 @@ def main() -> None:
         print("|---" * (len(COLUMNS) + 2) + "|")
         for method in args.methods:
             results = [futures[(method, seed)].result() for seed in args.seeds]
-            cells = [f"{np.mean(values):.1f} ± {np.std(values):.1f}"
-                     for values in zip(*[[scores[name] for name in COLUMNS] for scores, _ in results])]
+            cells = [mean_std(values) for values in zip(*[[scores[name] for name in COLUMNS] for scores, _ in results])]
             seconds = np.mean([seconds for _, seconds in results])
             print(f"| {method} | " + " | ".join(cells) + f" | {seconds:.1f} |", flush=True)
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """``mean ± sample std``, the mean alone for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
 
 
 if __name__ == "__main__":
