@@ -167,7 +167,7 @@ def test_the_cifar10_lt_queue_names_recipes_and_overrides_that_resolve(tmp_path:
                 folder = reproduce.budget_folder(args.runs, args.dataset, args.budget)
                 resolve(recipe, reproduce.run_overrides(args.set, args.budget, seed, folder))
                 runs += 1
-    assert runs == 3 * 13 + 3 * 2 + 3 * 3 + 2
+    assert runs == 3 * 13 + 3 * 5 + 3 * 3 + 2
 
 
 
