@@ -47,7 +47,7 @@ from longtail.config import RunConfig
 from longtail.engine.trainer import train
 from longtail.errors import LongtailError
 from longtail.methods.recipes import resolve
-from longtail.methods.runs import CHECKPOINT
+from longtail.methods.runs import CHECKPOINT, SUMMARY
 from longtail.precision import effective_precision
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -192,7 +192,7 @@ def claimed(run_dir: Path) -> Iterator[bool]:
 
 def train_run(config: RunConfig, run_dir: Path) -> None:
     """Start or resume the run in ``run_dir``; a finished run is left as it is."""
-    if (run_dir / "summary.json").is_file():
+    if (run_dir / SUMMARY).is_file():
         return
     here = provenance(config)
     recorded_path = run_dir / PROVENANCE
@@ -219,7 +219,7 @@ def head_metrics(heads: dict[str, dict[str, Any]]) -> dict[str, dict[str, float 
 
 def collect(run_dir: Path, recipe: str, overrides: Sequence[str], budget: int | None, seed: int) -> dict[str, Any]:
     """The store's line for the finished run in ``run_dir``."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / SUMMARY).read_text())
     recorded = json.loads((run_dir / PROVENANCE).read_text())
     data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
     epochs = epoch_records(run_dir)
