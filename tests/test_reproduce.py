@@ -149,7 +149,9 @@ def test_a_readme_without_markers_is_refused(tmp_path: Path) -> None:
         reproduce.replace_between_markers(readme, "table")
 
 
-def test_the_cifar10_lt_queue_names_recipes_and_overrides_that_resolve(tmp_path: Path) -> None:
+def queued_runs(tmp_path: Path) -> list[tuple[str, tuple[str, ...], int | None, int]]:
+    """(recipe, overrides, budget, seed) of every run the CIFAR-10-LT queue asks reproduce.py for, each
+    checked to resolve to a config."""
     calls = tmp_path / "calls.jsonl"
     recorder = tmp_path / "python"
     recorder.write_text(f"#!{sys.executable}\nimport json, sys\n"
@@ -158,17 +160,37 @@ def test_the_cifar10_lt_queue_names_recipes_and_overrides_that_resolve(tmp_path:
     script = SCRIPT.parent / "reproduce_cifar10_lt.sh"
     subprocess.run(["bash", str(script), "--runs", str(tmp_path / "runs")], check=True,
                    env={**os.environ, "PYTHON": str(recorder)})
-    runs = 0
+    runs = []
     for argv in map(json.loads, calls.read_text().splitlines()):
         assert argv[0] == str(SCRIPT)
         args = reproduce.argument_parser().parse_args(argv[1:])
+        assert args.dataset == "cifar10-lt-if100"
         for recipe in args.recipes:
             for seed in args.seeds:
                 folder = reproduce.budget_folder(args.runs, args.dataset, args.budget)
                 resolve(recipe, reproduce.run_overrides(args.set, args.budget, seed, folder))
-                runs += 1
-    assert runs == 3 * 13 + 3 * 5 + 3 * 3 + 2
+                runs.append((recipe, tuple(args.set), args.budget, seed))
+    return runs
 
+
+def test_the_cifar10_lt_queue_names_recipes_and_overrides_that_resolve(tmp_path: Path) -> None:
+    assert len(queued_runs(tmp_path)) == 3 * 13 + 3 * 5 + 3 * 3 + 2
+
+
+def test_every_declared_comparison_compares_runs_of_the_queue(tmp_path: Path) -> None:
+    queued = {(recipe, overrides, budget) for recipe, overrides, budget, _ in queued_runs(tmp_path)}
+    comparisons = reproduce.read_comparisons(reproduce.RESULTS_DIR)["cifar10-lt-if100"]
+    for comparison in comparisons:
+        sides = [comparison[side] for side in ("treatment", "control")]
+        keys = [(side["recipe"], tuple(side.get("overrides", []))) for side in sides]
+        budgets = [{budget for recipe, overrides, budget in queued if (recipe, overrides) == key} for key in keys]
+        assert budgets[0] & budgets[1], f"{comparison['name']}: the queue trains no budget of both sides"
+
+
+def test_a_comparison_without_its_two_sides_is_refused(tmp_path: Path) -> None:
+    (tmp_path / reproduce.COMPARISONS).write_text("d:\n  - name: half\n    treatment: {recipe: a}\n")
+    with pytest.raises(LongtailError, match="half.*needs exactly name, treatment and control"):
+        reproduce.read_comparisons(tmp_path)
 
 
 def _record(recipe: str, seed: int, heads: dict[str, tuple[float, float]]) -> dict:
@@ -194,3 +216,23 @@ def test_gains_over_the_baselines_are_marked_against_the_larger_seed_spread() ->
     records[-2]["test_last"]["main"]["top1"] = 0.62  # one seed falls: the method's spread 4.9 > its gain 3.7
     assert "| `method` | 3 | +16.7 ✓ | +3.7 ✗ |" in reproduce.gains_table(records)[2]
     assert reproduce.gains_table([r for r in records if r["recipe"] != "d-ldam-drw"]) == []
+
+
+def test_controlled_comparisons_subtract_the_control_where_both_sides_ran() -> None:
+    records = [
+        *(_record("m", s, {"main": (0.70 + 0.01 * s, 0.50), "stage1": (0.60, 0.10)}) for s in range(3)),
+        *(dict(_record("m", s, {"main": (0.65, 0.40 + 0.02 * s)}), overrides=["x=1"]) for s in range(2)),
+    ]
+    comparisons = [
+        {"name": "x", "treatment": {"recipe": "m", "overrides": ["x=1"]}, "control": {"recipe": "m"}},
+        {"name": "stage 2", "treatment": {"recipe": "m"}, "control": {"recipe": "m", "head": "stage1"}},
+        {"name": "never ran", "treatment": {"recipe": "m"}, "control": {"recipe": "other"}},
+    ]
+    assert reproduce.comparisons_table(records, comparisons) == [
+        "| comparison | n | Δ All | Δ Many | Δ Medium |",
+        "|---|---|---|---|---|",
+        # All: 65.0 − 71.0 against the larger spread 1.0; Medium: 41.0 − 50.0 against 1.4 (x=1's spread)
+        "| x | 2 | -6.0 ✗ | +0.0 ✗ | -9.0 ✗ |",
+        "| stage 2 | 3 | +11.0 ✓ | +0.0 ✗ | +40.0 ✓ |",
+    ]
+    assert reproduce.comparisons_table(records[:3], comparisons[:1]) == []
