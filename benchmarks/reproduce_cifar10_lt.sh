@@ -50,13 +50,12 @@ budget_runs() {  # SEED: every budget recipe, then the DeiT-LT students distille
 controls() {  # SEED, at the budget: LDAM-DRW with RIDE's optimiser and augmentation (RIDE's experts are then
     # the only difference); SHIKE with the standard crop + flip in place of AutoAugment + Cutout, and with a
     # 10-epoch stage 2 (the budget leaves its fresh heads 3); APA at batch 128 (4x the optimiser steps of its
-    # batch 512, lr scaled linearly); ResNet-32 CE with AGLU against ReLU
+    # batch 512, lr scaled linearly); ResNet-32 CE with AGLU (against cifar10-lt-if100-ce, the same with ReLU)
     reproduce --budget "$BUDGET" --seeds "$1" --set "${RIDE_BUT_EXPERTS[@]}" "${options[@]}" -- cifar10-lt-if100-ldam-drw
     reproduce --budget "$BUDGET" --seeds "$1" --set data.augment=standard "${options[@]}" -- shike-cifar10-lt-if100
     reproduce --budget "$BUDGET" --seeds "$1" --set stages.0.min_epochs=10 "${options[@]}" -- shike-cifar10-lt-if100
     reproduce --budget "$BUDGET" --seeds "$1" --set data.batch_size=128 optim.lr=0.05 "${options[@]}" -- apa-cifar10-lt-if100
-    reproduce --budget "$BUDGET" --seeds "$1" "${options[@]}" -- \
-        cifar10-lt-if100-resnet32-aglu-budget cifar10-lt-if100-resnet32-relu-budget
+    reproduce --budget "$BUDGET" --seeds "$1" "${options[@]}" -- cifar10-lt-if100-resnet32-aglu-budget
 }
 
 official_20_runs() {  # SEED: RIDE-3, LDAM-DRW and CE at the official RIDE code's 20-epoch settings

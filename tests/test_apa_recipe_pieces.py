@@ -143,3 +143,12 @@ def test_budget_pair_differs_only_in_the_activation():
     assert differing <= {"description", "model"}
     assert {k for k in aglu["model"] if aglu["model"][k] != relu["model"][k]} == {"activation"}
     assert total_epochs(resolve("cifar10-lt-if100-resnet32-aglu-budget")) == aglu["budget"]
+
+
+def test_the_aglu_budget_recipe_is_the_budget_ce_run_with_aglu():
+    # The results compare it with cifar10-lt-if100-ce at budget=30 (benchmarks/results/comparisons.yaml).
+    aglu = resolve("cifar10-lt-if100-resnet32-aglu-budget").to_dict()
+    ce = resolve("cifar10-lt-if100-ce", ["budget=30"]).to_dict()
+    assert {key for key in aglu if aglu[key] != ce[key]} == {"description", "expected", "model"}
+    assert {k for k in aglu["model"] if aglu["model"][k] != ce["model"][k]} == {"activation"}
+    assert ce["model"]["activation"] is None  # ResNet-32's own ReLU
