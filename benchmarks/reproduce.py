@@ -385,17 +385,29 @@ def read_comparisons(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
     path = results_dir / COMPARISONS
     if not path.is_file():
         return {}
-    comparisons = yaml.safe_load(path.read_text()) or {}
+    try:
+        comparisons = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise LongtailError(f"{path} is not valid YAML ({error}); fix the file.") from None
+    if not isinstance(comparisons, dict):
+        raise LongtailError(f"{path} must map each dataset to a list of comparisons.")
     for dataset, entries in comparisons.items():
-        for entry in entries:
-            if set(entry) != {"name", "treatment", "control"} or any(
-                    "recipe" not in entry[side] or set(entry[side]) - {"recipe", "overrides", "head"}
-                    for side in ("treatment", "control")):
+        for entry in entries if isinstance(entries, list) else [entries]:
+            if not well_formed_comparison(entry):
+                name = entry.get("name", entry) if isinstance(entry, dict) else entry
                 raise LongtailError(
-                    f"{path}: the {dataset} comparison {entry.get('name', entry)!r} needs exactly name, treatment "
-                    f"and control, each side a recipe with optional overrides and head."
+                    f"{path}: the {dataset} comparison {name!r} needs exactly name, treatment and control, each "
+                    f"side a recipe with optional overrides (a list) and head."
                 )
     return comparisons
+
+
+def well_formed_comparison(entry: Any) -> bool:
+    if not isinstance(entry, dict) or set(entry) != {"name", "treatment", "control"}:
+        return False
+    sides = [entry["treatment"], entry["control"]]
+    return all(isinstance(side, dict) and "recipe" in side and set(side) <= {"recipe", "overrides", "head"}
+               and isinstance(side.get("overrides", []), list) for side in sides)
 
 
 def side_runs(groups: dict[tuple, list[dict[str, Any]]], side: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
@@ -506,15 +518,15 @@ def argument_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argument_parser()
     args = parser.parse_args(argv)
-    if not args.tables_only:
-        if not args.dataset or not args.recipes:
-            parser.error("give --dataset and at least one recipe (or --tables-only)")
-        try:
+    if not args.tables_only and (not args.dataset or not args.recipes):
+        parser.error("give --dataset and at least one recipe (or --tables-only)")
+    try:
+        if not args.tables_only:
             reproduce(args.dataset, args.recipes, args.seeds, args.budget, args.set, args.runs, args.results)
-        except LongtailError as error:
-            raise SystemExit(f"error: {error}") from None
-    write_tables(args.results, None if args.no_readme else args.readme)
-    print(tables_markdown(args.results))
+        write_tables(args.results, None if args.no_readme else args.readme)
+        print(tables_markdown(args.results))
+    except LongtailError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

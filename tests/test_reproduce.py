@@ -187,9 +187,20 @@ def test_every_declared_comparison_compares_runs_of_the_queue(tmp_path: Path) ->
         assert budgets[0] & budgets[1], f"{comparison['name']}: the queue trains no budget of both sides"
 
 
-def test_a_comparison_without_its_two_sides_is_refused(tmp_path: Path) -> None:
-    (tmp_path / reproduce.COMPARISONS).write_text("d:\n  - name: half\n    treatment: {recipe: a}\n")
+@pytest.mark.parametrize("text", [
+    "d:\n  - name: half\n    treatment: {recipe: a}\n",
+    "d:\n  - name: half\n    treatment: {recipe: a, overrides: x=1}\n    control: {recipe: a}\n",
+    "d:\n  - half\n",
+])
+def test_a_malformed_comparison_is_refused(tmp_path: Path, text: str) -> None:
+    (tmp_path / reproduce.COMPARISONS).write_text(text)
     with pytest.raises(LongtailError, match="half.*needs exactly name, treatment and control"):
+        reproduce.read_comparisons(tmp_path)
+
+
+def test_a_comparisons_file_that_is_not_yaml_is_refused(tmp_path: Path) -> None:
+    (tmp_path / reproduce.COMPARISONS).write_text("d: [unclosed\n")
+    with pytest.raises(LongtailError, match="not valid YAML"):
         reproduce.read_comparisons(tmp_path)
 
 
@@ -236,3 +247,10 @@ def test_controlled_comparisons_subtract_the_control_where_both_sides_ran() -> N
         "| stage 2 | 3 | +11.0 ✓ | +0.0 ✗ | +40.0 ✓ |",
     ]
     assert reproduce.comparisons_table(records[:3], comparisons[:1]) == []
+
+
+def test_a_bad_comparisons_file_stops_the_tables_with_one_message(store: dict[str, Path]) -> None:
+    store["results"].mkdir(parents=True)
+    (store["results"] / reproduce.COMPARISONS).write_text("d: [unclosed\n")
+    with pytest.raises(SystemExit, match="^error: .*comparisons.yaml is not valid YAML"):
+        run_main(store, "--tables-only")
