@@ -392,7 +392,9 @@ def read_comparisons(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
     if not isinstance(comparisons, dict):
         raise LongtailError(f"{path} must map each dataset to a list of comparisons.")
     for dataset, entries in comparisons.items():
-        for entry in entries if isinstance(entries, list) else [entries]:
+        if not isinstance(entries, list):
+            raise LongtailError(f"{path}: {dataset} must be a list of comparisons.")
+        for entry in entries:
             if not well_formed_comparison(entry):
                 name = entry.get("name", entry) if isinstance(entry, dict) else entry
                 raise LongtailError(
