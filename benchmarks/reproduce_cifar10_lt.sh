@@ -40,11 +40,12 @@ OFFICIAL_20=(schedule.epochs=20 schedule.warmup_epochs=0 'schedule.milestones=[1
 RIDE_BUT_EXPERTS=(optim.weight_decay=5.0e-4 optim.nesterov=true
                   'data.augment={crop: true, padding: 4, flip: true, rotation: 15}')
 
-budget_runs() {  # SEED: every budget recipe, then the DeiT-LT students distilled from that seed's teachers
+budget_runs() {  # SEED: every budget recipe and the teacher without SAM, then the DeiT-LT students distilled
+    # from that seed's teachers (the student of the stronger teacher first)
     reproduce --budget "$BUDGET" --seeds "$1" "${options[@]}" -- "${BUDGET_RECIPES[@]}"
-    reproduce --budget "$BUDGET" --seeds "$1" --set "$TEACHER" "${options[@]}" -- deit-lt-cifar10-lt-if100-budget
     reproduce --budget "$BUDGET" --seeds "$1" --set "$NO_SAM" "${options[@]}" -- deit-lt-teacher-cifar10-lt-if100-budget
     reproduce --budget "$BUDGET" --seeds "$1" --set "$TEACHER_NO_SAM" "${options[@]}" -- deit-lt-cifar10-lt-if100-budget
+    reproduce --budget "$BUDGET" --seeds "$1" --set "$TEACHER" "${options[@]}" -- deit-lt-cifar10-lt-if100-budget
 }
 
 controls() {  # SEED, at the budget: LDAM-DRW with RIDE's optimiser and augmentation (RIDE's experts are then
