@@ -36,6 +36,7 @@ TEACHER='method.args.teacher={runs}/deit-lt-teacher-cifar10-lt-if100-budget/seed
 # (the comparison "SAM (rho 0.8) on LDAM-DRW" of the results), so the student is also distilled from this one.
 NO_SAM=optim.sam_rho=0.0
 TEACHER_NO_SAM="method.args.teacher={runs}/deit-lt-teacher-cifar10-lt-if100-budget+$NO_SAM/seed{seed}"
+APA_BATCH_128=(data.batch_size=128 optim.lr=0.05)
 OFFICIAL_20=(schedule.epochs=20 schedule.warmup_epochs=0 'schedule.milestones=[16,18]')
 # LDAM-DRW with everything of RIDE's but its experts (optimiser, augmentation), so the difference is RIDE's own.
 RIDE_BUT_EXPERTS=(optim.weight_decay=5.0e-4 optim.nesterov=true
@@ -54,11 +55,14 @@ sam_teacher_student() {  # SEED: the DeiT-LT student distilled from the SAM teac
 controls() {  # SEED, at the budget: LDAM-DRW with RIDE's optimiser and augmentation (RIDE's experts are then
     # the only difference); SHIKE with the standard crop + flip in place of AutoAugment + Cutout, and with a
     # 10-epoch stage 2 (the budget leaves its fresh heads 3); APA at batch 128 (4x the optimiser steps of its
-    # batch 512, lr scaled linearly); ResNet-32 CE with AGLU (against cifar10-lt-if100-ce, the same with ReLU)
+    # batch 512, lr scaled linearly), and at batch 128 with crop + flip and no Mixup; ResNet-32 CE with AGLU
+    # (against cifar10-lt-if100-ce, the same with ReLU)
     reproduce --budget "$BUDGET" --seeds "$1" --set "${RIDE_BUT_EXPERTS[@]}" "${options[@]}" -- cifar10-lt-if100-ldam-drw
     reproduce --budget "$BUDGET" --seeds "$1" --set data.augment=standard "${options[@]}" -- shike-cifar10-lt-if100
     reproduce --budget "$BUDGET" --seeds "$1" --set stages.0.min_epochs=10 "${options[@]}" -- shike-cifar10-lt-if100
-    reproduce --budget "$BUDGET" --seeds "$1" --set data.batch_size=128 optim.lr=0.05 "${options[@]}" -- apa-cifar10-lt-if100
+    reproduce --budget "$BUDGET" --seeds "$1" --set "${APA_BATCH_128[@]}" "${options[@]}" -- apa-cifar10-lt-if100
+    reproduce --budget "$BUDGET" --seeds "$1" --set "${APA_BATCH_128[@]}" data.augment=standard method.args.mixup_alpha=0.0 \
+        "${options[@]}" -- apa-cifar10-lt-if100
     reproduce --budget "$BUDGET" --seeds "$1" "${options[@]}" -- cifar10-lt-if100-resnet32-aglu-budget
 }
 

@@ -174,7 +174,7 @@ def queued_runs(tmp_path: Path) -> list[tuple[str, tuple[str, ...], int | None, 
 
 
 def test_the_cifar10_lt_queue_names_recipes_and_overrides_that_resolve(tmp_path: Path) -> None:
-    assert len(queued_runs(tmp_path)) == 3 * 15 + 3 * 5 + 3 * 3 + 2
+    assert len(queued_runs(tmp_path)) == 3 * 15 + 3 * 6 + 3 * 3 + 2
 
 
 def test_every_declared_comparison_compares_runs_of_the_queue(tmp_path: Path) -> None:
